@@ -1,0 +1,3 @@
+from asm_proxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,386 @@
+"""The chain: configured plugins in order, chosen per exchange, each hook under its deadline.
+
+Order is phase (AUTHN, AUTHZ, STATS, UNSPECIFIED), then priority (higher first), then the
+order in the file. Request hooks run in that order, response hooks in reverse (as Envoy
+runs its own filters). Selection happens once per exchange; the result (a `Plan`) is cached
+by the set of plugins chosen, so a chain of twenty costs twenty predicate calls and a dict
+lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from asm_proxy.exchange import Http
+from asm_proxy.matching import RequestPredicate, WorkloadPredicate
+from asm_proxy.plugin import BodyAccess, FailStrategy, Phase, Plugin, Respond
+from asm_proxy.stats import counters
+
+log = logging.getLogger("asm_proxy.chain")
+
+REQUEST_EVENTS = ("request_headers", "request_body", "request_body_chunk", "request_trailers")
+RESPONSE_EVENTS = ("response_headers", "response_body", "response_body_chunk", "response_trailers")
+EVENTS = REQUEST_EVENTS + RESPONSE_EVENTS
+
+#: A bound hook method: returns None or a Respond, or an awaitable of one.
+HookFn = Callable[..., Any]
+
+
+class Entry:
+    """One configured plugin instance with its place in the chain and its compiled scope."""
+
+    __slots__ = (
+        "_last_log",
+        "_suppressed",
+        "fail_open",
+        "index",
+        "matches",
+        "name",
+        "phase",
+        "plugin",
+        "priority",
+        "selects",
+        "timeout",
+        "type_name",
+    )
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        name: str,
+        type_name: str,
+        plugin: Plugin,
+        phase: Phase = Phase.UNSPECIFIED,
+        priority: int = 0,
+        fail_strategy: FailStrategy = FailStrategy.FAIL_CLOSE,
+        timeout: float | None = None,
+        matches: RequestPredicate | None = None,
+        selects: WorkloadPredicate | None = None,
+    ) -> None:
+        self.index = index
+        self.name = name
+        self.type_name = type_name
+        self.plugin = plugin
+        self.phase = phase
+        self.priority = priority
+        self.fail_open = fail_strategy is FailStrategy.FAIL_OPEN
+        self.timeout = timeout
+        self.matches = matches
+        self.selects = selects
+        self._last_log = 0.0
+        self._suppressed = 0
+
+    @property
+    def fail_strategy(self) -> FailStrategy:
+        return FailStrategy.FAIL_OPEN if self.fail_open else FailStrategy.FAIL_CLOSE
+
+    def applies(self, http: Http) -> bool:
+        if self.matches is not None and not self.matches(http.request):
+            return False
+        return self.selects is None or self.selects(http.workload)
+
+    def report(self, what: str, exc: BaseException | None) -> None:
+        """Log a failure, at most one full report a second per plugin."""
+        now = time.monotonic()
+        if now - self._last_log < 1.0:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+        self._last_log, self._suppressed = now, 0
+        strategy = "FAIL_OPEN: plugin skipped" if self.fail_open else "FAIL_CLOSE: request failed"
+        log.warning(
+            "plugin %r %s; %s%s",
+            self.name,
+            what,
+            strategy,
+            more,
+            exc_info=exc is not None and not isinstance(exc, TimeoutError),
+        )
+
+    def __repr__(self) -> str:
+        return f"<Entry {self.name} ({self.type_name}) {self.phase.name} prio={self.priority}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    entry: Entry
+    fn: HookFn
+    is_async: bool
+    #: Time kept back for the hooks after this one, so a hook that hangs until the
+    #: deadline does not leave later plugins (perhaps fail-closed ones) with none.
+    reserve: float = 0.0
+
+
+#: What a later hook without its own timeout is assumed to need.
+HOOK_RESERVE = 0.002
+
+
+def _ordered_hooks(entries: tuple[Entry, ...], method: str) -> tuple[Hook, ...]:
+    chosen = [e for e in entries if method in e.plugin.hooks]
+    hooks = []
+    for i, e in enumerate(chosen):
+        reserve = sum(later.timeout or HOOK_RESERVE for later in chosen[i + 1 :])
+        hooks.append(Hook(e, getattr(e.plugin, method), method in e.plugin.async_hooks, reserve))
+    return tuple(hooks)
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """Which later phases Envoy must send us for this exchange."""
+
+    request_body: BodyAccess = BodyAccess.NONE
+    request_trailers: bool = False
+    response_headers: bool = False
+    response_body: BodyAccess = BodyAccess.NONE
+    response_trailers: bool = False
+
+
+def _needs(entries: Iterable[Entry]) -> Needs:
+    request_body = response_body = BodyAccess.NONE
+    request_trailers = response_headers = response_trailers = False
+    for entry in entries:
+        plugin = entry.plugin
+        hooks = plugin.hooks
+        request_body = max(request_body, plugin.body_access("request"), key=lambda a: a.value)
+        response_body = max(response_body, plugin.body_access("response"), key=lambda a: a.value)
+        request_trailers = request_trailers or "on_request_trailers" in hooks
+        response_trailers = response_trailers or "on_response_trailers" in hooks
+        response_headers = response_headers or any(h.startswith("on_response_") for h in hooks)
+    return Needs(request_body, request_trailers, response_headers, response_body, response_trailers)
+
+
+class Plan:
+    """The plugins that apply to one exchange, each event's hooks in running order."""
+
+    __slots__ = ("entries", "hooks", "needs")
+
+    def __init__(self, entries: tuple[Entry, ...]) -> None:
+        self.entries = entries
+        hooks: dict[str, tuple[Hook, ...]] = {}
+        for event in EVENTS:
+            method = "on_" + event
+            ordered = entries if event in REQUEST_EVENTS else tuple(reversed(entries))
+            hooks[event] = _ordered_hooks(ordered, method)
+        self.hooks = hooks
+        self.needs = _needs(entries)
+
+    def needs_now(self, http: Http) -> Needs:
+        """Needs of the plugins that have not called `http.done()`."""
+        if not http._done:
+            return self.needs
+        return _needs(e for e in self.entries if not http.is_done(e.plugin))
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def __repr__(self) -> str:
+        return f"<Plan {[e.name for e in self.entries]}>"
+
+
+def _sort_key(entry: Entry) -> tuple[int, int, int]:
+    return (entry.phase.value, -entry.priority, entry.index)
+
+
+class Chain:
+    """An immutable, ordered set of plugin instances; swapped whole on reload."""
+
+    def __init__(self, entries: Iterable[Entry], *, source: str = "") -> None:
+        self.entries: tuple[Entry, ...] = tuple(sorted(entries, key=_sort_key))
+        self.source = source
+        self._plans: dict[tuple[int, int], Plan] = {}
+        self._all_mask = (1 << len(self.entries)) - 1
+        self._authz_mask = sum(
+            1 << i for i, e in enumerate(self.entries) if e.phase in (Phase.AUTHN, Phase.AUTHZ)
+        )
+        self._any_scoped = any(e.matches or e.selects for e in self.entries)
+        self._streams = 0
+        self._retired = False
+        self._closed = False
+        self._on_idle: Callable[[], Any] | None = None
+
+    # -- selection -------------------------------------------------------------------
+
+    def select(self, http: Http, *, authz_only: bool = False) -> Plan:
+        allowed = self._authz_mask if authz_only else self._all_mask
+        if not self._any_scoped:
+            mask = allowed
+        else:
+            mask = 0
+            for bit, entry in enumerate(self.entries):
+                if allowed >> bit & 1 and entry.applies(http):
+                    mask |= 1 << bit
+        key = (mask, allowed)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = Plan(tuple(e for bit, e in enumerate(self.entries) if mask >> bit & 1))
+            if len(self._plans) < 4096:
+                self._plans[key] = plan
+        return plan
+
+    # -- lifecycle: streams in flight keep the chain they started with ---------------------
+
+    def acquire(self) -> None:
+        self._streams += 1
+
+    def release(self) -> None:
+        self._streams -= 1
+        if self._retired and self._streams == 0 and self._on_idle is not None:
+            callback, self._on_idle = self._on_idle, None
+            callback()
+
+    @property
+    def in_flight(self) -> int:
+        return self._streams
+
+    def retire(self, on_idle: Callable[[], Any]) -> None:
+        """Call `on_idle` once no stream uses this chain (now, if none does)."""
+        self._retired = True
+        if self._streams == 0:
+            on_idle()
+        else:
+            self._on_idle = on_idle
+
+    async def start(self) -> None:
+        started: list[Entry] = []
+        try:
+            for entry in self.entries:
+                await entry.plugin.start()
+                started.append(entry)
+        except BaseException:
+            for entry in reversed(started):
+                await _close_quietly(entry)
+            raise
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for entry in reversed(self.entries):
+            await _close_quietly(entry)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The chain as data, in running order (for logs and a future /config_dump)."""
+        return [
+            {
+                "name": e.name,
+                "type": e.type_name,
+                "phase": e.phase.name,
+                "priority": e.priority,
+                "failStrategy": e.fail_strategy.value,
+                "timeout": e.timeout,
+                "hooks": sorted(e.plugin.hooks),
+            }
+            for e in self.entries
+        ]
+
+
+async def _close_quietly(entry: Entry) -> None:
+    try:
+        await entry.plugin.close()
+    except Exception:
+        log.exception("plugin %r failed to close", entry.name)
+
+
+# --------------------------------------------------------------------------------------
+# Running hooks
+
+
+def fail_closed_response(entry: Entry, reason: str) -> Respond:
+    return Respond(status=500, details=f"asm_proxy_plugin_{reason}:{entry.name}")
+
+
+async def run_hooks(
+    hooks: tuple[Hook, ...], http: Http, args: tuple[Any, ...], deadline: float
+) -> Respond | None:
+    """Run `hooks` in order until one answers with a Respond (returned) or all are done.
+
+    `deadline` is a loop.time() by which the message must be answered. A hook that raises,
+    overruns its timeout or the deadline, or returns something that is not a Respond,
+    has its changes undone and is handled per its plugin's fail strategy.
+    """
+    loop = asyncio.get_running_loop()
+    undo = http.undo
+    done = http._done
+    for hook in hooks:
+        entry = hook.entry
+        if done and id(entry.plugin) in done:
+            continue
+        start = loop.time()
+        remaining = deadline - start
+        if remaining <= 0:
+            counters.hook_timeouts += 1
+            entry.report("had no time left before the message deadline", None)
+            outcome = _failed(entry, "timeout")
+            if outcome is not None:
+                return outcome
+            continue
+        # An awaiting hook is cut off at its timeout, or at the deadline less what the
+        # hooks after it need (at most half of what is left). A sync hook cannot be cut
+        # off; it fails if it ran past its timeout or the deadline.
+        limit = remaining - min(hook.reserve, remaining / 2) if hook.is_async else remaining
+        if entry.timeout is not None and entry.timeout < limit:
+            limit = entry.timeout
+        mark = undo.mark()
+        http._current = entry.plugin
+        counters.hook_calls += 1
+        failure: str | None = None
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            if hook.is_async:
+                async with asyncio.timeout(limit):
+                    result = await hook.fn(http, *args)
+            else:
+                result = hook.fn(http, *args)
+                if (
+                    result is not None
+                    and type(result) is not Respond
+                    and inspect.isawaitable(result)
+                ):
+                    async with asyncio.timeout(limit - (loop.time() - start)):
+                        result = await result
+                elif loop.time() - start > limit:
+                    failure = "timeout"
+        except TimeoutError as exc:
+            failure, error = "timeout", exc
+        except Exception as exc:
+            failure, error = "error", exc
+        finally:
+            http._current = None
+        if failure is None and result is not None and type(result) is not Respond:
+            failure = "error"
+            error = TypeError(
+                f"hook {hook.fn.__qualname__} returned {type(result).__name__}; "
+                "return None or a Respond"
+            )
+        if failure is None:
+            if result is not None:
+                return result  # type: ignore[no-any-return]
+            continue
+        undo.rollback(mark)
+        if failure == "timeout":
+            counters.hook_timeouts += 1
+            ms = (loop.time() - start) * 1000
+            entry.report(f"overran its time ({ms:.0f}ms, limit {limit * 1000:.0f}ms)", error)
+        else:
+            counters.hook_errors += 1
+            entry.report(f"failed: {error!r}", error)
+        outcome = _failed(entry, failure)
+        if outcome is not None:
+            return outcome
+    return None
+
+
+def _failed(entry: Entry, reason: str) -> Respond | None:
+    if entry.fail_open:
+        counters.fail_open += 1
+        return None
+    counters.fail_close += 1
+    return fail_closed_response(entry, reason)

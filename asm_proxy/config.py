@@ -1,0 +1,487 @@
+"""The config file: its models, and loading it with errors that name file, line, plugin, field.
+
+The file is shaped like Istio's WasmPlugin (name, type, phase, priority, selector, match,
+failStrategy, config), one entry per plugin:
+
+    listen: 127.0.0.1:18080
+    plugins:
+      - name: tenant-header
+        type: headers
+        phase: AUTHN
+        failStrategy: FAIL_OPEN
+        timeout: 50ms
+        match: [{paths: [{prefix: /api}], methods: [GET, POST]}]
+        config: {request: {set: {x-tenant: blue}}}
+
+Loading is all-or-nothing: the file, every plugin type and every plugin's own config are
+validated (and plugins constructed) before anything is used, so a bad file never replaces
+a good running chain.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from asm_proxy.durations import Duration
+from asm_proxy.plugin import FailStrategy, Phase
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+class Model(BaseModel):
+    """Strict, frozen, camelCase-in-YAML (snake_case also accepted)."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+
+class StringMatch(Model):
+    """Exactly one of exact / prefix / suffix / contains / regex (regex must match fully)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    regex: str | None = None
+    ignore_case: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StringMatch:
+        kinds = [
+            k
+            for k in ("exact", "prefix", "suffix", "contains", "regex")
+            if getattr(self, k) is not None
+        ]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of exact, prefix, suffix, contains, regex")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex {self.regex!r} does not compile: {exc}") from None
+        return self
+
+
+class HeaderMatch(Model):
+    """A header condition: `present`, or a value match; `invert` negates it."""
+
+    name: str
+    present: bool | None = None
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    regex: str | None = None
+    invert: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        if not value:
+            raise ValueError("header name must not be empty")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HeaderMatch:
+        kinds = [
+            k
+            for k in ("present", "exact", "prefix", "suffix", "contains", "regex")
+            if getattr(self, k) is not None
+        ]
+        if len(kinds) > 1:
+            raise ValueError("give at most one of present, exact, prefix, suffix, contains, regex")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex {self.regex!r} does not compile: {exc}") from None
+        return self
+
+
+class MatchRule(Model):
+    """All given fields must hold; within a list, any item may. An empty rule matches all."""
+
+    hosts: list[str] = Field(default_factory=list)
+    paths: list[StringMatch] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=list)
+    headers: list[HeaderMatch] = Field(default_factory=list)
+
+    @field_validator("methods")
+    @classmethod
+    def _upper(cls, value: list[str]) -> list[str]:
+        return [m.upper() for m in value]
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if (
+                not host
+                or (
+                    "*" in host
+                    and host not in ("*",)
+                    and not (host.startswith("*.") or host.endswith(".*"))
+                )
+                or host.count("*") > 1
+            ):
+                raise ValueError(
+                    f"host {host!r}: a wildcard may only be '*', a leading '*.' or a trailing '.*'"
+                )
+        return [h.lower() for h in value]
+
+
+class Selector(Model):
+    """Which workloads a plugin applies to (all of the given conditions must hold)."""
+
+    namespaces: list[str] = Field(default_factory=list)
+    match_labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_namespace(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "namespace" in data:
+            data = dict(data)
+            ns = data.pop("namespace")
+            data["namespaces"] = [*data.get("namespaces", []), ns]
+        return data
+
+
+def _phase(value: Any) -> Any:
+    if isinstance(value, str):
+        upper = value.upper()
+        if upper in ("UNSPECIFIED_PHASE", "UNSPECIFIED", ""):
+            return Phase.UNSPECIFIED
+        if upper in Phase.__members__:
+            return Phase[upper]
+        raise ValueError(f"phase {value!r}: use AUTHN, AUTHZ, STATS or UNSPECIFIED_PHASE")
+    return value
+
+
+class PluginEntry(Model):
+    """One configured plugin, as in Istio's WasmPlugin."""
+
+    name: str
+    type: str
+    phase: Phase = Phase.UNSPECIFIED
+    priority: int = 0
+    fail_strategy: FailStrategy = FailStrategy.FAIL_CLOSE
+    timeout: Duration | None = None
+    selector: Selector | None = None
+    match: list[MatchRule] = Field(default_factory=list)
+    config: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            if "pluginConfig" in data and "config" not in data:
+                data["config"] = data.pop("pluginConfig")
+            if data.get("config") is None and "config" in data:
+                data["config"] = {}
+        return data
+
+    @field_validator("phase", mode="before")
+    @classmethod
+    def _phase_names(cls, value: Any) -> Any:
+        return _phase(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"name {value!r}: use lower-case letters, digits, '-', '_' and '.' (at most 63)"
+            )
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("type must not be empty")
+        return value.strip()
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("timeout must be greater than zero")
+        return value
+
+
+class ServerSettings(Model):
+    """Settings of the server itself (everything in the file but `plugins`)."""
+
+    listen: str = "127.0.0.1:18080"
+    #: Every message is answered within this, whatever plugins do. Keep it below the
+    #: ext_proc filter's message_timeout (Envoy's default is 200ms).
+    deadline: Duration = 0.18
+    #: Dynamic metadata namespace; list it in the filter's metadata_options.receiving_namespaces.
+    metadata_namespace: str = "asm-proxy"
+    #: Envoy's filter has allow_mode_override: true, so phases nobody needs can be skipped.
+    mode_override: bool = True
+    #: How often the config file is checked for changes (0 turns hot reload off).
+    reload_interval: Duration = 1.0
+    #: Largest gRPC message accepted or sent (a BUFFERED body travels in one message).
+    max_message_bytes: int = 64 * 1024 * 1024
+    log_level: str = "info"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value.startswith("unix:"):
+            if len(value) <= len("unix:"):
+                raise ValueError(
+                    "unix: needs a socket path, e.g. unix:/run/asm-proxy/ext_proc.sock"
+                )
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r}: write HOST:PORT (e.g. 127.0.0.1:18080) or unix:/path")
+        return value
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("deadline must be greater than zero")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level: use debug, info, warning or error")
+        return value.lower()
+
+
+# --------------------------------------------------------------------------------------
+# Errors that point at the file, the line, the plugin and the field.
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    file: str
+    line: int | None
+    plugin: str | None  # 'plugins[2] "auth"'
+    field: str  # dotted path inside the plugin entry, or from the top of the file
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        parts = [where]
+        if self.plugin:
+            parts.append(f"plugin {self.plugin}")
+        if self.field:
+            parts.append(f"field '{self.field}'")
+        return ": ".join(parts) + f": {self.message}"
+
+
+class ConfigError(Exception):
+    """The file cannot be used; `problems` lists every reason found."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class LineIndex:
+    """Maps a path of keys/indexes in the YAML document to the line it starts on."""
+
+    def __init__(self, node: yaml.Node | None) -> None:
+        self._root = node
+
+    def line(self, path: Sequence[str | int]) -> int | None:
+        node = self._root
+        best = node.start_mark.line + 1 if node is not None else None
+        for part in path:
+            child = self._child(node, part)
+            if child is None:
+                break
+            node = child
+            best = node.start_mark.line + 1
+        return best
+
+    @staticmethod
+    def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                    found: yaml.Node = value
+                    return found
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            child: yaml.Node = node.value[part]
+            return child
+        return None
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def describe_plugin(index: int, raw: Any) -> str:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f'plugins[{index}] "{name}"' if isinstance(name, str) else f"plugins[{index}]"
+
+
+def problems_from_validation(
+    exc: ValidationError,
+    *,
+    file: str,
+    lines: LineIndex,
+    raw: Any,
+    prefix: Sequence[str | int] = (),
+    plugin: str | None = None,
+) -> list[ConfigProblem]:
+    """Turn pydantic's errors into ConfigProblems; paths under `plugins[i]` name the plugin."""
+    problems = []
+    for err in exc.errors():
+        loc = [
+            p
+            for p in (*prefix, *err["loc"])
+            if not isinstance(p, str) or not p.startswith("function-")
+        ]
+        owner = plugin
+        field_path: list[str | int] = list(loc)
+        if len(loc) >= 2 and loc[0] == "plugins" and isinstance(loc[1], int):
+            if owner is None:
+                plugins = raw.get("plugins") if isinstance(raw, dict) else None
+                index = loc[1]
+                entry = (
+                    plugins[index] if isinstance(plugins, list) and index < len(plugins) else None
+                )
+                owner = describe_plugin(index, entry)
+            field_path = list(loc[2:])
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        problems.append(
+            ConfigProblem(
+                file=file,
+                line=lines.line(loc),
+                plugin=owner,
+                field=_dotted(field_path),
+                message=message,
+            )
+        )
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFile:
+    """The file checked as far as it can be without plugin code: settings, every entry."""
+
+    path: str
+    raw: dict[str, Any]
+    lines: LineIndex
+    settings: ServerSettings | None
+    entries: list[tuple[int, PluginEntry]]  # (index in the file, entry) for valid entries
+    problems: list[ConfigProblem]
+
+
+def parse_file(path: str | Path, text: str | None = None) -> ParsedFile:
+    """Read the file and validate its settings and each plugin entry; every problem found
+    is kept (plugin configs are checked by the loader, which knows the plugin types)."""
+    name = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                [ConfigProblem(name, None, None, "", f"cannot read: {exc.strerror}")]
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                [ConfigProblem(name, None, None, "", f"not UTF-8 text: {exc}")]
+            ) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError([ConfigProblem(name, line, None, "", f"not valid YAML: {exc}")]) from None
+    lines = LineIndex(node)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    name, 1, None, "", "the file must be a mapping (listen:, plugins:, ...)"
+                )
+            ]
+        )
+    problems: list[ConfigProblem] = []
+    settings: ServerSettings | None = None
+    try:
+        settings = ServerSettings.model_validate({k: v for k, v in raw.items() if k != "plugins"})
+    except ValidationError as exc:
+        problems += problems_from_validation(exc, file=name, lines=lines, raw=raw)
+    raw_plugins = raw.get("plugins") or []
+    entries: list[tuple[int, PluginEntry]] = []
+    if not isinstance(raw_plugins, list):
+        problems.append(
+            ConfigProblem(
+                name, lines.line(("plugins",)), None, "plugins", "must be a list of plugins"
+            )
+        )
+        raw_plugins = []
+    seen: dict[str, int] = {}
+    for index, raw_entry in enumerate(raw_plugins):
+        try:
+            entry = PluginEntry.model_validate(raw_entry)
+        except ValidationError as exc:
+            problems += problems_from_validation(
+                exc, file=name, lines=lines, raw=raw, prefix=("plugins", index)
+            )
+            continue
+        if entry.name in seen:
+            problems.append(
+                ConfigProblem(
+                    name,
+                    lines.line(("plugins", index, "name")),
+                    describe_plugin(index, raw_entry),
+                    "name",
+                    f"plugins[{seen[entry.name]}] is named {entry.name!r} too; "
+                    "names must be unique",
+                )
+            )
+            continue
+        seen[entry.name] = index
+        entries.append((index, entry))
+    return ParsedFile(name, raw, lines, settings, entries, problems)
+
+
+def config_key(raw_entry: Any) -> str:
+    """The key the user wrote a plugin's own config under (`config` or `pluginConfig`)."""
+    if isinstance(raw_entry, dict) and "pluginConfig" in raw_entry and "config" not in raw_entry:
+        return "pluginConfig"
+    return "config"

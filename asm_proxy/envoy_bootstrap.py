@@ -1,0 +1,266 @@
+"""Envoy bootstraps that put asm-proxy in front of upstreams: for the demo and the tests.
+
+Plain dicts (Envoy validates them when it loads them; `validate_bootstrap` checks them
+against the real protobuf types first). The `render` command of a later issue builds the
+Istio and Kubernetes variants on the same pieces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+ASM_PROXY_CLUSTER = "asm_proxy"
+
+
+#: The JSON access log line the demo and tests use (metadata under the server's namespace).
+def access_log_format(namespace: str, keys: tuple[str, ...] = ()) -> dict[str, str]:
+    fmt = {
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "authority": "%REQ(:AUTHORITY)%",
+        "code": "%RESPONSE_CODE%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "upstream_cluster": "%UPSTREAM_CLUSTER%",
+        "metadata": f"%DYNAMIC_METADATA({namespace})%",
+        "authz_metadata": f"%DYNAMIC_METADATA({EXT_AUTHZ_FILTER})%",
+    }
+    for key in keys:
+        fmt[f"md_{key}"] = f"%DYNAMIC_METADATA({namespace}:{key})%"
+    return fmt
+
+
+@dataclass
+class ExtProc:
+    """The ext_proc filter's settings (the fields tests and the demo vary)."""
+
+    request_header_mode: str = "SEND"
+    response_header_mode: str = "SEND"
+    request_body_mode: str = "NONE"
+    response_body_mode: str = "NONE"
+    request_trailer_mode: str = "SKIP"
+    response_trailer_mode: str = "SKIP"
+    allow_mode_override: bool = True
+    failure_mode_allow: bool = False
+    message_timeout: str = "0.2s"
+    observability_mode: bool = False
+    send_body_without_waiting_for_header_response: bool = False
+    request_attributes: list[str] = field(default_factory=list)
+    metadata_namespace: str = "asm-proxy"
+    allow_all_routing: bool = True  # let asm-proxy change :authority/host (reverse_dns)
+
+    def filter(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": ASM_PROXY_CLUSTER}},
+            "failure_mode_allow": self.failure_mode_allow,
+            "message_timeout": self.message_timeout,
+            "allow_mode_override": self.allow_mode_override,
+            "processing_mode": {
+                "request_header_mode": self.request_header_mode,
+                "response_header_mode": self.response_header_mode,
+                "request_body_mode": self.request_body_mode,
+                "response_body_mode": self.response_body_mode,
+                "request_trailer_mode": self.request_trailer_mode,
+                "response_trailer_mode": self.response_trailer_mode,
+            },
+            "metadata_options": {
+                "receiving_namespaces": {"untyped": [self.metadata_namespace]},
+            },
+        }
+        if self.allow_all_routing:
+            config["mutation_rules"] = {"allow_all_routing": True}
+        if self.observability_mode:
+            config["observability_mode"] = True
+        if self.send_body_without_waiting_for_header_response:
+            config["send_body_without_waiting_for_header_response"] = True
+        if self.request_attributes:
+            config["request_attributes"] = list(self.request_attributes)
+        return {"name": EXT_PROC_FILTER, "typed_config": config}
+
+
+@dataclass
+class ExtAuthz:
+    failure_mode_allow: bool = False
+    with_request_body: bool = False
+    timeout: str = "0.25s"
+    context_extensions: dict[str, str] = field(default_factory=dict)
+
+    def filter(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": ASM_PROXY_CLUSTER},
+                "timeout": self.timeout,
+            },
+            "transport_api_version": "V3",
+            "failure_mode_allow": self.failure_mode_allow,
+            "encode_raw_headers": True,
+        }
+        if self.with_request_body:
+            config["with_request_body"] = {
+                "max_request_bytes": 65536,
+                "allow_partial_message": True,
+            }
+        return {"name": EXT_AUTHZ_FILTER, "typed_config": config}
+
+
+@dataclass
+class Route:
+    """A virtual host: these domains go to this cluster."""
+
+    cluster: str
+    domains: list[str] = field(default_factory=lambda: ["*"])
+    prefix: str = "/"
+
+
+@dataclass
+class Setup:
+    """Everything one Envoy needs: asm-proxy's address, upstreams, filters, routes, log."""
+
+    asm_proxy: str  # "127.0.0.1:PORT" or "unix:/path"
+    clusters: dict[str, int]  # name -> port on 127.0.0.1
+    routes: list[Route]
+    ext_proc: ExtProc | None = field(default_factory=ExtProc)
+    ext_authz: ExtAuthz | None = None
+    access_log: str | None = None
+    access_log_keys: tuple[str, ...] = ()
+    listen_port: int = 0
+    node_metadata: dict[str, Any] = field(default_factory=dict)
+    node_id: str = "asm-proxy-test"
+
+
+def _cluster(name: str, address: dict[str, Any], http2: bool = False) -> dict[str, Any]:
+    protocol: dict[str, Any] = (
+        {"http2_protocol_options": {}}
+        if http2
+        else {"http_protocol_options": {"enable_trailers": True}}
+    )
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": protocol,
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
+
+
+def _address(target: str) -> dict[str, Any]:
+    if target.startswith("unix:"):
+        return {"pipe": {"path": target[len("unix:") :]}}
+    host, _, port = target.rpartition(":")
+    return {"socket_address": {"address": host, "port_value": int(port)}}
+
+
+def bootstrap(setup: Setup) -> dict[str, Any]:
+    http_filters = []
+    if setup.ext_authz is not None:
+        http_filters.append(setup.ext_authz.filter())
+    if setup.ext_proc is not None:
+        http_filters.append(setup.ext_proc.filter())
+    http_filters.append(
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+            },
+        }
+    )
+    virtual_hosts = []
+    for i, route in enumerate(setup.routes):
+        vhost: dict[str, Any] = {
+            "name": f"vhost_{i}_{route.cluster}",
+            "domains": route.domains,
+            "routes": [
+                {
+                    "match": {"prefix": route.prefix},
+                    "route": {"cluster": route.cluster, "timeout": "10s"},
+                }
+            ],
+        }
+        if setup.ext_authz is not None and setup.ext_authz.context_extensions:
+            vhost["typed_per_filter_config"] = {
+                EXT_AUTHZ_FILTER: {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                    "check_settings": {"context_extensions": setup.ext_authz.context_extensions},
+                }
+            }
+        virtual_hosts.append(vhost)
+    hcm: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "codec_type": "AUTO",
+        "http_protocol_options": {"enable_trailers": True},
+        "route_config": {"name": "local", "virtual_hosts": virtual_hosts},
+        "http_filters": http_filters,
+    }
+    if setup.access_log:
+        namespace = setup.ext_proc.metadata_namespace if setup.ext_proc else "asm-proxy"
+        hcm["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": setup.access_log,
+                    "log_format": {
+                        "json_format": access_log_format(namespace, setup.access_log_keys)
+                    },
+                },
+            }
+        ]
+    clusters = [_cluster(ASM_PROXY_CLUSTER, _address(setup.asm_proxy), http2=True)]
+    clusters += [
+        _cluster(name, _address(f"127.0.0.1:{port}")) for name, port in setup.clusters.items()
+    ]
+    return {
+        "node": {"id": setup.node_id, "cluster": "asm-proxy", "metadata": setup.node_metadata},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": setup.listen_port}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+
+
+def validate_bootstrap(config: dict[str, Any]) -> None:
+    """Parse `config` into the real Bootstrap message; raises ParseError naming the field."""
+    # Importing these registers the Any types the bootstrap uses.
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+    from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401
+    from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
+    from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2  # noqa: F401
+    from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+        http_connection_manager_pb2,
+    )
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+    from google.protobuf import json_format
+
+    json_format.ParseDict(config, bootstrap_pb2.Bootstrap())

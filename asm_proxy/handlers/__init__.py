@@ -1,0 +1,9 @@
+"""Built-in plugins, one module each. Imported only when a config uses them."""
+
+from __future__ import annotations
+
+#: type name -> "module:Class"
+BUILTINS: dict[str, str] = {
+    "headers": "asm_proxy.handlers.headers:HeadersPlugin",
+    "direct_response": "asm_proxy.handlers.direct_response:DirectResponsePlugin",
+}

@@ -1,0 +1,242 @@
+"""A case-insensitive header multimap that remembers what plugins changed.
+
+Envoy sends header names lower-cased, so the map is keyed by lower-case names and a
+lookup lower-cases only the name it is given. Values are `str` (decoded losslessly from
+the bytes Envoy sent). Every change is also recorded as an operation per header name, so
+the server can answer Envoy with the smallest HeaderMutation that has the same effect,
+and (through the undo log) a failed plugin's changes can be taken back.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator
+
+from asm_proxy.undo import UndoLog
+
+
+class HeaderAction(enum.IntEnum):
+    """What one recorded operation does; mirrors Envoy's HeaderAppendAction plus removal."""
+
+    SET = 0  # replace every value (OVERWRITE_IF_EXISTS_OR_ADD)
+    APPEND = 1  # add one more value (APPEND_IF_EXISTS_OR_ADD)
+    ADD_IF_ABSENT = 2  # add only if the name is not present (ADD_IF_ABSENT)
+    REMOVE = 3  # remove every value
+
+
+HeaderOp = tuple[HeaderAction, str]
+
+_FORBIDDEN_VALUE_CHARS = ("\r", "\n", "\x00")
+
+
+def _check_value(name: str, value: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"header {name!r}: value must be str, not {type(value).__name__}")
+    for ch in _FORBIDDEN_VALUE_CHARS:
+        if ch in value:
+            raise ValueError(f"header {name!r}: value contains a forbidden character {ch!r}")
+    return value
+
+
+def _check_name(name: str) -> str:
+    if not name or name == ":":
+        raise ValueError("header name must not be empty")
+    lowered = name.lower()
+    body = lowered[1:] if lowered[0] == ":" else lowered  # pseudo-headers such as :path
+    for ch in (" ", "\t", "\r", "\n", "\x00", ":"):
+        if ch in body:
+            raise ValueError(f"header name {name!r} contains a forbidden character {ch!r}")
+    return lowered
+
+
+class Headers:
+    """Header multimap: `get`/`get_all`/`in` to read; `set`/`append`/`add_if_absent`/`remove`
+    to change. Reads see every earlier change, including other plugins' changes."""
+
+    __slots__ = ("_map", "_ops", "_undo")
+
+    def __init__(
+        self,
+        items: Iterable[tuple[str, str]] = (),
+        *,
+        undo: UndoLog | None = None,
+    ) -> None:
+        self._map: dict[str, list[str]] = {}
+        self._ops: dict[str, list[HeaderOp]] = {}
+        self._undo = undo
+        m = self._map
+        for key, value in items:
+            values = m.get(key)
+            if values is None:
+                m[key] = [value]
+            else:
+                values.append(value)
+
+    @classmethod
+    def _adopt(cls, mapping: dict[str, list[str]], undo: UndoLog | None) -> Headers:
+        """Wrap an already-built {lower-case name: values} dict without copying it."""
+        self = cls.__new__(cls)
+        self._map = mapping
+        self._ops = {}
+        self._undo = undo
+        return self
+
+    # -- reading ---------------------------------------------------------------
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of `name`, or `default`."""
+        values = self._map.get(name) or self._map.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of `name`, in order (a copy)."""
+        values = self._map.get(name) or self._map.get(name.lower())
+        return list(values) if values else []
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        return name in self._map or name.lower() in self._map
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._map))
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def keys(self) -> list[str]:
+        return list(self._map)
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        """Every (name, value) pair; a name with two values appears twice."""
+        for key, values in list(self._map.items()):
+            for value in values:
+                yield key, value
+
+    def to_dict(self) -> dict[str, str]:
+        """{name: values joined by ", "}: for logging and for ext_authz-style single values."""
+        return {key: ", ".join(values) for key, values in self._map.items()}
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self.items())!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Headers):
+            return self._map == other._map
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- changing --------------------------------------------------------------
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of `name` with `value`."""
+        key = _check_name(name)
+        self._save(key)
+        self._map[key] = [_check_value(key, value)]
+        self._ops[key] = [(HeaderAction.SET, value)]
+
+    __setitem__ = set
+
+    def set_all(self, name: str, values: Iterable[str]) -> None:
+        """Replace every value of `name` with `values` (removes it when `values` is empty)."""
+        key = _check_name(name)
+        new = [_check_value(key, v) for v in values]
+        if not new:
+            self.remove(key)
+            return
+        self._save(key)
+        self._map[key] = new
+        ops: list[HeaderOp] = [(HeaderAction.SET, new[0])]
+        ops.extend((HeaderAction.APPEND, v) for v in new[1:])
+        self._ops[key] = ops
+
+    def append(self, name: str, value: str) -> None:
+        """Add one more value to `name` (adds the header if absent)."""
+        key = _check_name(name)
+        _check_value(key, value)
+        self._save(key)
+        self._map.setdefault(key, []).append(value)
+        ops = self._ops.get(key)
+        if ops == [(HeaderAction.REMOVE, "")]:
+            self._ops[key] = [(HeaderAction.SET, value)]
+        elif ops is None:
+            self._ops[key] = [(HeaderAction.APPEND, value)]
+        else:
+            ops.append((HeaderAction.APPEND, value))
+
+    def add_if_absent(self, name: str, value: str) -> bool:
+        """Set `name` only if it has no value; returns whether it was added."""
+        key = _check_name(name)
+        _check_value(key, value)
+        if self._map.get(key):
+            return False
+        self._save(key)
+        self._map[key] = [value]
+        ops = self._ops.get(key)
+        if ops == [(HeaderAction.REMOVE, "")]:
+            self._ops[key] = [(HeaderAction.SET, value)]
+        elif ops is None:
+            # Envoy may hold values we were not sent (forward_rules), so let it decide.
+            self._ops[key] = [(HeaderAction.ADD_IF_ABSENT, value)]
+        else:
+            ops.append((HeaderAction.ADD_IF_ABSENT, value))
+        return True
+
+    setdefault = add_if_absent
+
+    def remove(self, name: str) -> bool:
+        """Remove every value of `name`; returns whether it was present."""
+        key = _check_name(name)
+        present = key in self._map
+        self._save(key)
+        self._map.pop(key, None)
+        self._ops[key] = [(HeaderAction.REMOVE, "")]
+        return present
+
+    def __delitem__(self, name: str) -> None:
+        if not self.remove(name):
+            raise KeyError(name)
+
+    # -- for the server ----------------------------------------------------------
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._ops)
+
+    def changed_names(self) -> list[str]:
+        return list(self._ops)
+
+    def take_ops(self) -> dict[str, list[HeaderOp]]:
+        """Hand over the operations recorded since the last call and start afresh."""
+        ops = self._ops
+        if ops:
+            self._ops = {}
+        return ops
+
+    def _save(self, key: str) -> None:
+        undo = self._undo
+        if undo is None:
+            return
+        old_values = self._map.get(key)
+        old_values = list(old_values) if old_values is not None else None
+        old_ops = self._ops.get(key)
+        old_ops = list(old_ops) if old_ops is not None else None
+
+        def restore() -> None:
+            if old_values is None:
+                self._map.pop(key, None)
+            else:
+                self._map[key] = old_values
+            if old_ops is None:
+                self._ops.pop(key, None)
+            else:
+                self._ops[key] = old_ops
+
+        undo.record(restore)

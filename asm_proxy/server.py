@@ -1,0 +1,244 @@
+"""The gRPC server: ExternalProcessor, Authorization and Health on one port.
+
+`ServerState` holds the running settings and chain. A reload builds and starts a whole new
+chain first and swaps it in with one assignment; streams already running keep the chain
+they started with, and the old chain is closed when the last of them ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from asm_proxy.authz import AuthorizationServicer
+from asm_proxy.chain import Chain
+from asm_proxy.config import ConfigError, ServerSettings
+from asm_proxy.loader import Loaded, load
+from asm_proxy.protos import auth_grpc, ext_proc_grpc
+from asm_proxy.reload import ConfigWatcher
+from asm_proxy.stats import counters
+from asm_proxy.stream import ProtocolError, Stream
+
+log = logging.getLogger("asm_proxy.server")
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+class ServerState:
+    """What every new stream starts from; replaced as a whole on reload."""
+
+    def __init__(self, settings: ServerSettings, chain: Chain) -> None:
+        self.settings = settings
+        self.chain = chain
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def install(self, settings: ServerSettings, chain: Chain) -> None:
+        old = self.chain
+        self.settings, self.chain = settings, chain
+        old.retire(lambda: self._close_later(old))
+
+    def _close_later(self, chain: Chain) -> None:
+        task = asyncio.get_running_loop().create_task(chain.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+
+    async def Process(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        state = self._state
+        chain = state.chain
+        chain.acquire()
+        counters.streams_started += 1
+        try:
+            stream = Stream(chain, state.settings)
+            read, write, eof = context.read, context.write, grpc.aio.EOF
+            while True:
+                msg = await read()
+                if msg is eof:
+                    return
+                reply = await stream.handle(msg)
+                if reply is None:
+                    continue
+                if type(reply) is list:
+                    for item in reply:
+                        await write(item)
+                else:
+                    await write(reply)
+        except ProtocolError as exc:
+            counters.streams_aborted += 1
+            log.info("ext_proc stream ended: %s", exc.message)
+            await context.abort(exc.code, exc.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            counters.streams_aborted += 1
+            log.exception("ext_proc stream failed inside asm-proxy")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "asm-proxy internal error on this stream; see its log"
+            )
+        finally:
+            counters.streams_finished += 1
+            chain.release()
+
+
+def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # One process owns its port: a second server on it must fail, not share silently.
+        ("grpc.so_reuseport", 0),
+        # Envoy keeps its gRPC connection open between requests; let it ping an idle one.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+def _prepare_unix_socket(address: str) -> None:
+    path = Path(address[len("unix:") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            path.unlink()  # left by a previous run; binding would fail
+
+
+class Server:
+    """asm-proxy's gRPC server; `await start()`, then `await stop()`."""
+
+    def __init__(
+        self, loaded: Loaded, *, config_path: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.state = ServerState(loaded.settings, loaded.chain)
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._watcher: ConfigWatcher | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self.address = ""
+        self.port = 0
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self.state.settings
+
+    @property
+    def chain(self) -> Chain:
+        return self.state.chain
+
+    async def start(self, listen: str | None = None) -> None:
+        address = listen or self.settings.listen
+        await self.state.chain.start()
+        server = grpc.aio.server(options=grpc_options(self.settings))
+        ext_proc_grpc.add_ExternalProcessorServicer_to_server(
+            ExternalProcessorServicer(self.state), server
+        )
+        auth_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(self.state), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if address.startswith("unix:"):
+            _prepare_unix_socket(address)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address}: {exc}") from None
+        if not address.startswith("unix:") and port == 0:
+            raise OSError(f"cannot listen on {address} (in use?)")
+        await server.start()
+        self._server = server
+        self.port = port
+        self.address = (
+            address if address.startswith("unix:") else f"{address.rpartition(':')[0]}:{port}"
+        )
+        for service in ("", EXT_PROC_SERVICE, AUTHZ_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.config_path is not None and self.settings.reload_interval > 0:
+            self._watcher = ConfigWatcher(
+                self.config_path, self.settings.reload_interval, self.reload
+            )
+            self._watch_task = asyncio.get_running_loop().create_task(self._watcher.run())
+        log.info(
+            "asm-proxy serving on %s with %d plugin(s): %s",
+            self.address,
+            len(self.chain.entries),
+            ", ".join(e.name for e in self.chain.entries) or "none",
+        )
+
+    async def reload(self) -> bool:
+        """Load the config file again; on any problem keep the running chain."""
+        if self.config_path is None:
+            return False
+        try:
+            loaded = load(self.config_path)
+        except ConfigError as exc:
+            counters.config_reload_failures += 1
+            log.error(
+                "config %s refused; the running chain stays:\n%s",
+                self.config_path,
+                "\n".join(f"  {p}" for p in exc.problems),
+            )
+            return False
+        try:
+            await loaded.chain.start()
+        except Exception as exc:
+            counters.config_reload_failures += 1
+            log.error("config %s refused: a plugin failed to start: %r", self.config_path, exc)
+            await loaded.chain.close()
+            return False
+        if loaded.settings.listen != self.settings.listen:
+            log.warning("listen changed to %s; it takes effect on restart", loaded.settings.listen)
+        self.state.install(loaded.settings, loaded.chain)
+        counters.config_reloads += 1
+        log.info(
+            "config %s reloaded: %s",
+            self.config_path,
+            ", ".join(e.name for e in loaded.chain.entries) or "no plugins",
+        )
+        return True
+
+    def poke_reload(self) -> None:
+        if self._watcher is not None:
+            self._watcher.poke()
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.state.chain.close()
+        if self.address.startswith("unix:"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.address[len("unix:") :])
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(config_path: str, listen: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP checks the config file at once."""
+    loaded = load(config_path)
+    logging.getLogger().setLevel(loaded.settings.log_level.upper())
+    server = Server(loaded, config_path=config_path)
+    await server.start(listen)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.poke_reload)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

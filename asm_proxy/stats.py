@@ -1,0 +1,38 @@
+"""Process-wide counters of what the server did, cheap enough for the per-request path.
+
+Plain integer attributes, bumped inline; the metrics issue exports them. Tests read them to
+prove things Envoy cannot show (how many bytes were copied joining bodies, which phases the
+chain skipped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class Counters:
+    streams_started: int = 0
+    streams_finished: int = 0
+    streams_aborted: int = 0  # ended by a protocol error (gRPC status sent)
+    messages: int = 0
+    responses: int = 0
+    mode_overrides: int = 0
+    immediate_responses: int = 0
+    hook_calls: int = 0
+    hook_errors: int = 0
+    hook_timeouts: int = 0
+    fail_open: int = 0
+    fail_close: int = 0
+    body_bytes_joined: int = 0  # bytes copied to join chunks into one body
+    bodies_replaced: int = 0
+    authz_checks: int = 0
+    authz_denied: int = 0
+    config_reloads: int = 0
+    config_reload_failures: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return asdict(self)
+
+
+counters = Counters()

@@ -1,0 +1,51 @@
+"""The command line: validate, the demo, serve refusing a bad file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asm_proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_validate_good_and_bad(tmp_path: Path) -> None:
+    """validate: exit 0 with a summary for a good file; exit 1 naming file, plugin, field."""
+    good = run("validate", "asm_proxy/demo/config.yaml")
+    assert good.returncode == 0
+    assert "ok, 2 plugin(s)" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plugins:\n  - name: a\n    type: headers\n    config: {request: {sett: {}}}\n")
+    result = run("validate", str(bad))
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"{bad}:4: plugin plugins[0] \"a\": field 'config.request.sett': unknown field"
+    )
+
+
+def test_serve_refuses_a_bad_file(tmp_path: Path) -> None:
+    """serve exits 1 with the same messages as validate."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plugins: [{name: a, type: nope}]\n")
+    result = run("serve", "--config", str(bad), timeout=30)
+    assert result.returncode == 1
+    assert "unknown plugin type 'nope'" in result.stderr
+
+
+def test_demo_check() -> None:
+    """The demo starts Envoy, asm-proxy and the upstream, and its requests behave."""
+    result = run("demo", "--check", "--port", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo check passed" in result.stdout
+    assert "x-served-by: asm-proxy" in result.stdout
