@@ -119,7 +119,7 @@ class Hook:
 
 
 #: What a later hook without its own timeout is assumed to need.
-HOOK_RESERVE = 0.002
+HOOK_RESERVE = 0.005
 
 
 def _ordered_hooks(entries: tuple[Entry, ...], method: str) -> tuple[Hook, ...]:
@@ -314,19 +314,20 @@ async def run_hooks(
             continue
         start = loop.time()
         remaining = deadline - start
-        if remaining <= 0:
+        # An awaiting hook is cut off at its timeout, or at the deadline less what the
+        # hooks after it need (at most half of what is left). A sync hook cannot be cut
+        # off, and a quick one costs nothing even just past the deadline: it fails only if
+        # it ran longer than its own timeout.
+        limit = remaining - min(hook.reserve, remaining / 2)
+        if entry.timeout is not None and entry.timeout < limit:
+            limit = entry.timeout
+        if hook.is_async and limit <= 0:
             counters.hook_timeouts += 1
             entry.report("had no time left before the message deadline", None)
             outcome = _failed(entry, "timeout")
             if outcome is not None:
                 return outcome
             continue
-        # An awaiting hook is cut off at its timeout, or at the deadline less what the
-        # hooks after it need (at most half of what is left). A sync hook cannot be cut
-        # off; it fails if it ran past its timeout or the deadline.
-        limit = remaining - min(hook.reserve, remaining / 2) if hook.is_async else remaining
-        if entry.timeout is not None and entry.timeout < limit:
-            limit = entry.timeout
         mark = undo.mark()
         http._current = entry.plugin
         counters.hook_calls += 1
@@ -344,9 +345,9 @@ async def run_hooks(
                     and type(result) is not Respond
                     and inspect.isawaitable(result)
                 ):
-                    async with asyncio.timeout(limit - (loop.time() - start)):
+                    async with asyncio.timeout(max(limit - (loop.time() - start), 0)):
                         result = await result
-                elif loop.time() - start > limit:
+                elif entry.timeout is not None and loop.time() - start > entry.timeout:
                     failure = "timeout"
         except TimeoutError as exc:
             failure, error = "timeout", exc
