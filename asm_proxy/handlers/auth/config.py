@@ -13,12 +13,19 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from asm_proxy.api import PluginConfig
 from asm_proxy.config import MatchRule
 from asm_proxy.durations import Duration
-from asm_proxy.handlers.auth.jwks import ALL_ALGS, ASYMMETRIC_ALGS, HMAC_ALGS
+from asm_proxy.handlers.auth.jwks import (
+    ALL_ALGS,
+    ASYMMETRIC_ALGS,
+    HMAC_ALGS,
+    parse_hmac_secret,
+    parse_jwks,
+)
+from asm_proxy.handlers.auth.secrets import read_secret_file
 from asm_proxy.handlers.auth.sources import Source
 from asm_proxy.headers import Headers
 
@@ -31,6 +38,14 @@ def _header_name(value: str) -> str:
     if value.startswith(":"):
         raise ValueError(f"{value!r}: pseudo-headers cannot carry identity")
     return value.lower()
+
+
+def _check_file(path: str, parse: Any) -> str:
+    """Read and parse a secrets file now, so `validate` reports it at its field."""
+    from pathlib import Path
+
+    parse(read_secret_file(Path(path)))
+    return path
 
 
 def _loopback(host: str | None) -> bool:
@@ -147,6 +162,30 @@ class JwtProvider(PluginConfig):
             raise ValueError("give at least one place to look for the token")
         return value
 
+    @field_validator("jwks_file")
+    @classmethod
+    def _jwks_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        algorithms = info.data.get("algorithms")
+        if value is None or algorithms is None:
+            return value
+        return _check_file(value, lambda data: parse_jwks(data, algorithms))
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwks(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        algorithms = info.data.get("algorithms")
+        if value is not None and algorithms is not None:
+            parse_jwks(value, algorithms)
+        return value
+
+    @field_validator("hmac_secret_file")
+    @classmethod
+    def _secret_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        algorithms = info.data.get("algorithms")
+        if value is None or algorithms is None:
+            return value
+        return _check_file(value, lambda data: parse_hmac_secret(data, algorithms))
+
     @field_validator("jwks_uri")
     @classmethod
     def _uri(cls, value: str | None) -> str | None:
@@ -252,6 +291,13 @@ class ApiKeyConfig(PluginConfig):
     def _header(cls, value: str) -> str:
         return _header_name(value)
 
+    @field_validator("file")
+    @classmethod
+    def _file(cls, value: str | None) -> str | None:
+        from asm_proxy.handlers.auth.apikey import parse_key_file
+
+        return value if value is None else _check_file(value, parse_key_file)
+
     @field_validator("sources")
     @classmethod
     def _sources(cls, value: list[Source]) -> list[Source]:
@@ -267,10 +313,10 @@ class ApiKeyConfig(PluginConfig):
 
 
 class BasicConfig(PluginConfig):
-    #: An htpasswd file of bcrypt hashes (`htpasswd -B -C 10`), reloaded when it changes.
-    htpasswd_file: str
     #: bcrypt cost below this is refused (OWASP: 10 or more).
     min_cost: int = 10
+    #: An htpasswd file of bcrypt hashes (`htpasswd -B -C 10`), reloaded when it changes.
+    htpasswd_file: str
     user_header: str = "x-consumer"
     #: Keep the Authorization header for the upstream (default: removed).
     forward_credentials: bool = False
@@ -290,6 +336,16 @@ class BasicConfig(PluginConfig):
         if not 4 <= value <= 31:
             raise ValueError("bcrypt cost is between 4 and 31")
         return value
+
+    @field_validator("htpasswd_file")
+    @classmethod
+    def _htpasswd(cls, value: str, info: ValidationInfo) -> str:
+        from asm_proxy.handlers.auth.basic import parse_htpasswd
+
+        min_cost = info.data.get("min_cost")
+        if min_cost is None:
+            return value
+        return _check_file(value, lambda data: parse_htpasswd(data, min_cost))
 
     @field_validator("max_concurrent_checks")
     @classmethod

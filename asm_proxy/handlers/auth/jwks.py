@@ -140,6 +140,19 @@ def parse_jwks(data: bytes | str | dict[str, Any], allowed: Iterable[str]) -> Ke
     return KeySet(keys, skipped)
 
 
+def parse_hmac_secret(data: bytes, algorithms: Iterable[str]) -> bytes:
+    """The secret of an HMAC provider's file (one trailing newline ignored); ValueError if it
+    is shorter than the longest configured HS algorithm needs (RFC 7518 section 3.2)."""
+    secret = data.removesuffix(b"\n").removesuffix(b"\r")
+    need = max((HMAC_ALGS[a] for a in algorithms if a in HMAC_ALGS), default=32)
+    if len(secret) < need:
+        raise ValueError(
+            f"the secret has {len(secret)} bytes; HS algorithms {sorted(algorithms)} need "
+            f"at least {need} (RFC 7518 section 3.2)"
+        )
+    return secret
+
+
 # --------------------------------------------------------------------------------------
 # A key set fetched from a URL
 
@@ -172,9 +185,10 @@ class RemoteJwks:
         self.log = log
         self.keys: KeySet | None = None
         self.fetches = 0
+        self.kid_refetches = 0
         self.fetch_failures = 0
         self.last_error: str | None = None
-        self._last_attempt = -1e18
+        self._last_kid_refetch = -1e18
         self._inflight: asyncio.Task[bool] | None = None
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -209,18 +223,22 @@ class RemoteJwks:
     def refresh(self) -> asyncio.Future[bool]:
         """Fetch now (or join the fetch under way); the result says whether it succeeded."""
         if self._inflight is None or self._inflight.done():
-            self._last_attempt = time.monotonic()
             self._inflight = asyncio.get_running_loop().create_task(self._fetch())
         return asyncio.shield(self._inflight)
 
     async def refetch_for_unknown_kid(self) -> bool:
-        """Fetch again because a token named an unknown kid, unless one was tried too
-        recently; True if a fetch was made (or joined) and succeeded."""
+        """Fetch again because a token named an unknown kid, unless such a fetch was made
+        less than `min_refetch_interval` ago (periodic refreshes do not count: a key
+        published just after one must not wait for the next); True if a fetch was made
+        (or joined) and succeeded."""
         inflight = self._inflight
         if inflight is not None and not inflight.done():
             return await asyncio.shield(inflight)
-        if time.monotonic() - self._last_attempt < self.min_refetch_interval:
+        now = time.monotonic()
+        if now - self._last_kid_refetch < self.min_refetch_interval:
             return False
+        self._last_kid_refetch = now
+        self.kid_refetches += 1
         return await self.refresh()
 
     async def _fetch(self) -> bool:

@@ -20,7 +20,13 @@ from jwt import PyJWK
 
 from asm_proxy.handlers.auth.config import JwtProvider
 from asm_proxy.handlers.auth.identity import Failure, Identity, claim_at
-from asm_proxy.handlers.auth.jwks import HMAC_ALGS, KeySet, RemoteJwks, parse_jwks
+from asm_proxy.handlers.auth.jwks import (
+    HMAC_ALGS,
+    KeySet,
+    RemoteJwks,
+    parse_hmac_secret,
+    parse_jwks,
+)
 from asm_proxy.handlers.auth.secrets import WatchedFile
 from asm_proxy.handlers.auth.sources import Found
 
@@ -48,13 +54,6 @@ def _failure(reason: str, description: str) -> Failure:
 
 MALFORMED = _failure("jwt_malformed", "the token is malformed")
 BAD_SIGNATURE = _failure("jwt_bad_signature", "the token's signature does not verify")
-
-
-def _parse_secret(data: bytes) -> bytes:
-    secret = data.rstrip(b"\r\n")
-    if not secret:
-        raise ValueError("the secret is empty")
-    return secret
 
 
 def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | Failure:
@@ -89,19 +88,11 @@ class Provider:
         }
         if self.hmac:
             assert config.hmac_secret_file is not None
-            need = max(HMAC_ALGS[a] for a in self.algorithms)
-
-            def parse_secret(data: bytes) -> bytes:
-                secret = _parse_secret(data)
-                if len(secret) < need:
-                    raise ValueError(
-                        f"the secret has {len(secret)} bytes; {sorted(self.algorithms)} need "
-                        f"at least {need} (RFC 7518 section 3.2)"
-                    )
-                return secret
-
             self.secret_file = WatchedFile(
-                config.hmac_secret_file, parse_secret, f"jwt provider {self.name} secret", log
+                config.hmac_secret_file,
+                lambda data: parse_hmac_secret(data, self.algorithms),
+                f"jwt provider {self.name} secret",
+                log,
             )
         elif config.jwks is not None:
             try:

@@ -315,14 +315,16 @@ class AuthPlugin(Plugin):
         http.set_metadata(key, doc)
 
     def _respond(self, decision: Decision) -> Respond:
-        challenges: list[tuple[str, str]] = []
+        # One WWW-Authenticate field listing every challenge (RFC 9110 section 11.6.1):
+        # Envoy's ext_authz keeps only one value per header name in a denied response.
+        challenges: list[str] = []
         failure = decision.failure
         if decision.status == 401:
             for kind in decision.kinds:
                 value = self._challenge[kind]
                 if failure is not None and failure.kind == kind and kind == "jwt":
                     value += f', error="{failure.error}", error_description="{failure.description}"'
-                challenges.append(("www-authenticate", value))
+                challenges.append(value)
             if failure is not None:
                 body = f"unauthorized: {failure.description}\n"
             else:
@@ -332,16 +334,15 @@ class AuthPlugin(Plugin):
             identity = decision.identity
             if identity is not None and identity.kind == "jwt":
                 challenges.append(
-                    (
-                        "www-authenticate",
-                        self._challenge["jwt"] + ', error="insufficient_scope", '
-                        'error_description="the token does not grant access to this resource"',
-                    )
+                    self._challenge["jwt"] + ', error="insufficient_scope", '
+                    'error_description="the token does not grant access to this resource"'
                 )
             body = "forbidden: access to this resource is not granted\n"
             details = f"auth_forbidden{{{decision.reason}}}"
-        headers = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
-        return Respond(decision.status, body=body, headers=headers + challenges, details=details)
+        headers = {"content-type": "text/plain; charset=utf-8", "cache-control": "no-store"}
+        if challenges:
+            headers["www-authenticate"] = ", ".join(challenges)
+        return Respond(decision.status, body=body, headers=headers, details=details)
 
 
 def _first(http: Http, sources: list[Source]) -> Found | None:
