@@ -95,6 +95,7 @@ class JwksServer:
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
         self.status = 200
+        self.delay = 0.0  # seconds each answer is held back (a slow issuer)
         self.fetches = 0
         self._lock = threading.Lock()
         server = self
@@ -105,6 +106,9 @@ class JwksServer:
                     server.fetches += 1
                     body = json.dumps(server.document).encode()
                     status = server.status
+                    delay = server.delay
+                if delay:
+                    time.sleep(delay)
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))

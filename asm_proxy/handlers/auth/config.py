@@ -91,6 +91,9 @@ class JwtProvider(PluginConfig):
     refresh_interval: Duration = 600.0
     min_refetch_interval: Duration = 30.0
     fetch_timeout: Duration = 5.0
+    #: How long a request with an unknown kid waits for the refetch it triggered (keep it
+    #: well below the message deadline: past it the request is refused, the fetch goes on).
+    key_fetch_wait: Duration = 0.1
     max_jwks_bytes: int = 1024 * 1024
 
     @field_validator("name")

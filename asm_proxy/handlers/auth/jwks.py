@@ -226,20 +226,26 @@ class RemoteJwks:
             self._inflight = asyncio.get_running_loop().create_task(self._fetch())
         return asyncio.shield(self._inflight)
 
-    async def refetch_for_unknown_kid(self) -> bool:
+    async def refetch_for_unknown_kid(self, wait: float) -> bool:
         """Fetch again because a token named an unknown kid, unless such a fetch was made
         less than `min_refetch_interval` ago (periodic refreshes do not count: a key
         published just after one must not wait for the next); True if a fetch was made
-        (or joined) and succeeded."""
+        (or joined) and succeeded within `wait` seconds. A slower fetch goes on for the
+        requests after this one."""
         inflight = self._inflight
-        if inflight is not None and not inflight.done():
-            return await asyncio.shield(inflight)
-        now = time.monotonic()
-        if now - self._last_kid_refetch < self.min_refetch_interval:
+        if inflight is None or inflight.done():
+            now = time.monotonic()
+            if now - self._last_kid_refetch < self.min_refetch_interval:
+                return False
+            self._last_kid_refetch = now
+            self.kid_refetches += 1
+            self.refresh()
+            inflight = self._inflight
+        assert inflight is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(inflight), wait)
+        except TimeoutError:
             return False
-        self._last_kid_refetch = now
-        self.kid_refetches += 1
-        return await self.refresh()
 
     async def _fetch(self) -> bool:
         client = self._client

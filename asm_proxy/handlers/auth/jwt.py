@@ -142,7 +142,11 @@ class Provider:
             return [self.secret_file.value]
         keys = self.keys
         found: list[PyJWK | bytes] = list(keys.candidates(kid, alg)) if keys else []
-        if not found and self.remote is not None and await self.remote.refetch_for_unknown_kid():
+        if (
+            not found
+            and self.remote is not None
+            and await self.remote.refetch_for_unknown_kid(self.config.key_fetch_wait)
+        ):
             keys = self.keys
             found = list(keys.candidates(kid, alg)) if keys else []
         if found:

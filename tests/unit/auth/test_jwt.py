@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -266,3 +267,30 @@ def test_claim_with_newline_is_not_forwarded(idp: JwksServer, hosts: Hosts) -> N
     step = allowed(host.request_headers(bearer(rsa_key("k1").sign(claims(sub="a\r\nx-admin: 1")))))
     assert "x-user" not in step.headers
     assert "x-admin" not in step.headers
+
+
+def test_slow_refetch_refuses_one_request_not_the_next(hosts: Hosts) -> None:
+    """A new kid while the issuer is slow: the request waits only keyFetchWait and is
+    refused (401, not a time-out); the fetch goes on, and the next request passes."""
+    server = JwksServer(jwks(rsa_key("k1")))
+    try:
+        host = hosts({"jwt": {"providers": [provider(server.url, keyFetchWait="50ms")]}})
+        host.request_headers({})  # started with k1
+        server.serve(jwks(rsa_key("k1"), rsa_key("k2")))
+        server.delay = 0.3
+        token = rsa_key("k2").sign(claims())
+        host.new_exchange()
+        began = time.monotonic()
+        reply = denied(host.request_headers(bearer(token)))
+        assert time.monotonic() - began < 0.25
+        assert reply.details == "auth_unauthorized{jwt_unknown_kid}"
+        remote = plugin_of(host).providers["idp"].remote
+        assert remote is not None
+        give_up = time.monotonic() + 5
+        while "k2" not in (remote.keys.kids() if remote.keys else []):
+            assert time.monotonic() < give_up
+            host.run(asyncio.sleep(0.02))
+        host.new_exchange()
+        allowed(host.request_headers(bearer(token)))
+    finally:
+        server.stop()
