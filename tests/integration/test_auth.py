@@ -43,6 +43,7 @@ plugins:
     phase: AUTHN
     config:
       realm: shop
+      secretsReloadInterval: 50ms
       dryRun: {str(dry_run).lower()}
       jwt:
         providers:
@@ -274,3 +275,27 @@ def _wait(condition: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > give_up:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def test_htpasswd_reload_while_serving(
+    stack: StackFactory, idp: JwksServer, tmp_path: Path
+) -> None:
+    """A new htpasswd (renamed over the old, as a Secret update does) takes effect while
+    Envoy keeps serving; a weak one that follows is refused and the last good one stays."""
+    s = stack(config(idp, tmp_path), ext_authz=ExtAuthz(), use_ext_proc=False)
+    dave = {"authorization": "Basic " + base64.b64encode(b"dave:n3w-pass").decode()}
+    carol = {"authorization": "Basic " + base64.b64encode(b"carol:s3cret").decode()}
+    assert s.get("/orders", headers=dave).status_code == 401
+    new = tmp_path / "htpasswd.new"
+    new.write_text("dave:" + bcrypt.hashpw(b"n3w-pass", bcrypt.gensalt(4)).decode() + "\n")
+    new.replace(tmp_path / "htpasswd")
+    _wait(lambda: s.get("/orders", headers=dave).status_code == 200)
+    assert s.get("/orders", headers=carol).status_code == 401
+
+    weak = tmp_path / "htpasswd.weak"
+    weak.write_text("dave:n3w-pass\n")  # plain text: refused
+    weak.replace(tmp_path / "htpasswd")
+    basic = s.plugin("auth").basic
+    _wait(lambda: basic.file.failures == 1)
+    assert "plain-text" in basic.file.last_error
+    assert s.get("/orders", headers=dave).status_code == 200

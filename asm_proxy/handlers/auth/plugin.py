@@ -155,7 +155,7 @@ class AuthPlugin(Plugin):
         respond = self._respond(decision)
         if self.config.dry_run:
             self.counts["dry_run_would_deny"] += 1
-            log.info(
+            self.log.info(
                 "%s: dry run: would answer %d (%s) to %s %s",
                 self.name,
                 decision.status,

@@ -180,6 +180,7 @@ def test_malformed_base64_is_refused(idp: JwksServer, hosts: Hosts) -> None:
     not JSON, too few or too many segments) are refused as malformed."""
     token = rsa_key("k1").sign(claims())
     head, body, sig = token.split(".")
+    host = hosts({"jwt": {"providers": [provider(idp.url)]}})
     for bad in (
         f"{head}.{body}!.{sig}",
         f"{head}=.{body}.{sig}",
@@ -191,7 +192,6 @@ def test_malformed_base64_is_refused(idp: JwksServer, hosts: Hosts) -> None:
         f"{head}.{body}.{sig}.{sig}.{sig}",
         "",
     ):
-        reply = denied(
-            hosts({"jwt": {"providers": [provider(idp.url)]}}).request_headers(bearer(bad))
-        )
+        host.new_exchange()
+        reply = denied(host.request_headers(bearer(bad)))
         assert reply.details == "auth_unauthorized{jwt_malformed}", bad
