@@ -23,6 +23,8 @@ import logging
 from collections import Counter
 from typing import Any
 
+import orjson
+
 from asm_proxy.api import Http, Plugin, Respond
 from asm_proxy.handlers.auth.apikey import ApiKeys
 from asm_proxy.handlers.auth.basic import SOURCE as BASIC_SOURCE
@@ -49,8 +51,6 @@ def _header_value(value: Any) -> str | None:
     elif isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, dict):
-        import orjson
-
         text = orjson.dumps(value).decode()
     else:
         text = str(value)
