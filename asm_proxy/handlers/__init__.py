@@ -6,4 +6,5 @@ from __future__ import annotations
 BUILTINS: dict[str, str] = {
     "headers": "asm_proxy.handlers.headers:HeadersPlugin",
     "direct_response": "asm_proxy.handlers.direct_response:DirectResponsePlugin",
+    "nacos": "asm_proxy.handlers.nacos:NacosPlugin",
 }
