@@ -7,4 +7,5 @@ BUILTINS: dict[str, str] = {
     "headers": "asm_proxy.handlers.headers:HeadersPlugin",
     "direct_response": "asm_proxy.handlers.direct_response:DirectResponsePlugin",
     "nacos": "asm_proxy.handlers.nacos:NacosPlugin",
+    "reverse_dns": "asm_proxy.handlers.reverse_dns:ReverseDnsPlugin",
 }
