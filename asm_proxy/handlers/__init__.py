@@ -8,4 +8,5 @@ BUILTINS: dict[str, str] = {
     "direct_response": "asm_proxy.handlers.direct_response:DirectResponsePlugin",
     "nacos": "asm_proxy.handlers.nacos:NacosPlugin",
     "reverse_dns": "asm_proxy.handlers.reverse_dns:ReverseDnsPlugin",
+    "body_log": "asm_proxy.handlers.body_log:BodyLogPlugin",
 }
