@@ -377,7 +377,8 @@ class BodyLogPlugin(Plugin):
         http.state = exchange
 
     def on_request_body_chunk(self, http: Http, chunk: Chunk) -> None:
-        side: Side | None = http.state.request
+        exchange: Exchange | None = http.state
+        side = exchange.request if exchange is not None else None
         if side is None or side.finished:
             return
         side.add(chunk.data)
@@ -385,12 +386,16 @@ class BodyLogPlugin(Plugin):
             self.finish(http, "request", side, complete=True)
 
     def on_request_trailers(self, http: Http) -> None:
-        side: Side | None = http.state.request
+        exchange: Exchange | None = http.state
+        side = exchange.request if exchange is not None else None
         if side is not None and not side.finished:
             self.finish(http, "request", side, complete=True)
 
     def on_response_headers(self, http: Http) -> None:
-        exchange: Exchange = http.state
+        exchange: Exchange | None = http.state
+        if exchange is None:  # the exchange began without request headers
+            http.done()
+            return
         side = exchange.request
         if side is not None and not side.finished:
             # Without end_of_stream the request body ended early (or Envoy sent only a
@@ -407,9 +412,9 @@ class BodyLogPlugin(Plugin):
             http.done()
 
     def on_response_body_chunk(self, http: Http, chunk: Chunk) -> None:
-        exchange: Exchange = http.state
-        side = exchange.response
-        if side is None or side.finished:
+        exchange: Exchange | None = http.state
+        side = exchange.response if exchange is not None else None
+        if exchange is None or side is None or side.finished:
             return
         side.add(chunk.data)
         if chunk.end_of_stream:
@@ -417,9 +422,9 @@ class BodyLogPlugin(Plugin):
             self.emit(http, exchange)
 
     def on_response_trailers(self, http: Http) -> None:
-        exchange: Exchange = http.state
-        side = exchange.response
-        if side is not None and not side.finished:
+        exchange: Exchange | None = http.state
+        side = exchange.response if exchange is not None else None
+        if exchange is not None and side is not None and not side.finished:
             self.finish(http, "response", side, complete=True)
             self.emit(http, exchange)
 

@@ -271,7 +271,9 @@ class NacosPlugin(Plugin):
             return
 
     def on_response_body(self, http: Http) -> None:
-        target: Target = http.state
+        target = http.state
+        if not isinstance(target, Target):  # the exchange began without request headers
+            return
         body = http.response.body
         if not body.complete:
             self._pass(http, "incomplete", f"only {body.size} bytes of the answer arrived")

@@ -154,13 +154,15 @@ def test_envoy_body_modes(stack: StackFactory, nacos: NacosServer, mode: str) ->
         assert reply.headers["transfer-encoding"] == "chunked"
 
 
+@pytest.mark.parametrize("mode", ["NONE", "BUFFERED_PARTIAL"])
 def test_other_traffic_pays_for_request_headers_only(
-    stack: StackFactory, nacos: NacosServer
+    stack: StackFactory, nacos: NacosServer, mode: str
 ) -> None:
     """Requests that are not discovery queries: one message to asm-proxy each (the
-    response is not sent), bodies and headers untouched; a query costs three."""
+    response is not sent), bodies and headers untouched; a query costs three. The same
+    with Envoy configured to send response bodies (BUFFERED_PARTIAL, as the docs advise)."""
     nacos.register("provider", Instance("10.244.1.7", 8080), namespace="0b9f7e3c-shop")
-    s = nacos_stack(stack, nacos)
+    s = nacos_stack(stack, nacos, ext_proc=ExtProc(response_body_mode=mode))
     for _ in range(3):
         resp = s.get("/api/orders", headers={"x-echo-body": "10.244.1.7"})
         assert resp.text == "10.244.1.7"
@@ -202,3 +204,28 @@ def test_bad_answers_pass_through(stack: StackFactory, nacos: NacosServer) -> No
     log = s.log_entries(3)
     assert [e["md_nacos"]["result"] for e in log] == ["not_json", "not_json", "status"]
     assert [e["code"] for e in log] == [200, 200, 503]
+
+
+@pytest.mark.parametrize(
+    ("mode", "status"), [("BUFFERED_PARTIAL", 200), ("NONE", 500)], ids=["partial", "default"]
+)
+def test_answer_larger_than_envoys_buffer(
+    stack: StackFactory, nacos: NacosServer, mode: str, status: int
+) -> None:
+    """A 2 MB answer (over Envoy's 1 MiB buffer): with response_body_mode BUFFERED_PARTIAL
+    it reaches the client unchanged (counted incomplete); in BUFFERED mode (what asm-proxy
+    asks for otherwise) Envoy itself fails it with a 500, as the docs warn."""
+    for i in range(6000):
+        ip = f"10.244.{i // 250}.{i % 250}"
+        nacos.register(
+            "provider", Instance(ip, 8080, metadata={"pad": "x" * 200}), namespace="0b9f7e3c-shop"
+        )
+    s = nacos_stack(stack, nacos, ext_proc=ExtProc(response_body_mode=mode))
+    reply = http1.request(s.envoy.port, "GET", V1, headers=[("host", "nacos:8848")])
+    assert reply.status == status
+    if status == 200:
+        assert len(reply.body) > 2_000_000
+        assert reply.body == nacos.handle("GET", V1)[2]
+        assert s.plugin("nacos").counts["incomplete"] == 1
+    else:
+        assert s.log_entries(1)[0]["details"] == "response_payload_too_large"

@@ -384,6 +384,24 @@ class TestLogLine:
         assert 60 < logged < 140
 
 
+class TestOddInput:
+    def test_deeply_nested_json_is_not_logged(self) -> None:
+        """JSON nested deeper than can be redacted and re-written: omitted, nothing raises."""
+        host = PluginHost(BodyLogPlugin, {})
+        doc = b'{"a":' * 600 + b"1" + b"}" * 600
+        r = run(host, request=[doc], request_headers=JSON)
+        assert r.metadata["request_body_omitted"] == "invalid_json"
+        assert r.request_forwarded == doc
+
+    def test_exchange_without_request_headers(self) -> None:
+        """An exchange Envoy began with the response (no request headers seen): the plugin
+        steps aside without failing."""
+        host = PluginHost(BodyLogPlugin, {})
+        step = host.response_headers(JSON)
+        assert step.immediate is None
+        assert mode_of(step)["response_body_mode"] == "NONE"
+
+
 class TestCost:
     def test_past_the_cap_nothing_is_kept(self) -> None:
         """A long streamed body: the plugin keeps maxBytes, counts the rest."""

@@ -255,6 +255,15 @@ class TestBadInputPassesThrough:
         assert sum(self.counts(host).values()) == 1
 
 
+def test_exchange_without_request_headers() -> None:
+    """Response phases of an exchange whose request headers were never seen: left alone."""
+    host = PluginHost(NacosPlugin, {})
+    host.response_headers(JSON_HEADERS)
+    steps = host.response_body(b'{"hosts": [{"ip": "10.0.0.1", "port": 1}]}')
+    assert [s.immediate for s in steps] == [None]
+    assert not steps[0].body_mutated
+
+
 class TestConfig:
     @pytest.mark.parametrize(
         ("config", "message"),
