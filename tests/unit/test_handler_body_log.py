@@ -444,7 +444,7 @@ leaves = st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size
 documents = st.recursive(
     leaves,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
-    max_leaves=15,
+    max_leaves=10,
 )
 sensitive = st.sampled_from(["password", "Token", "client_secret", "X-Api-Key", "sessionId"])
 

@@ -298,7 +298,7 @@ json_values = st.recursive(
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
     ),
-    max_leaves=20,
+    max_leaves=8,
 )
 instances = st.fixed_dictionaries(
     {
@@ -306,13 +306,13 @@ instances = st.fixed_dictionaries(
         "port": st.integers(min_value=1, max_value=65535),
         "weight": st.floats(min_value=0, max_value=100),
         "healthy": st.booleans(),
-        "metadata": st.dictionaries(st.text(), st.text(), max_size=5),
-        "instanceId": st.text(),
+        "metadata": st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=4),
+        "instanceId": st.text(max_size=40),
     },
     optional={"extra": json_values, "clusterName": st.text(), "ephemeral": st.booleans()},
 )
 answers = st.fixed_dictionaries(
-    {"hosts": st.lists(instances, min_size=1, max_size=8)},
+    {"hosts": st.lists(instances, min_size=1, max_size=5)},
     optional={
         "name": st.text(),
         "checksum": st.text(),
