@@ -83,7 +83,11 @@ StackFactory = Callable[..., Stack]
 
 @pytest.fixture
 def stack(tmp_path: Path, upstreams: Upstreams) -> Iterator[StackFactory]:
-    """stack(config_yaml, ext_proc=ExtProc(...), ext_authz=None, routes=None, ...) -> Stack"""
+    """stack(config_yaml, ext_proc=ExtProc(...), ext_authz=None, routes=None, ...) -> Stack
+
+    `clusters` adds upstreams of the test's own ({name: port on 127.0.0.1}) to the echo
+    upstreams a and b; `access_log_keys` adds metadata keys the access log prints as
+    `md_<key>`."""
     made: list[Stack] = []
 
     def make(
@@ -95,6 +99,8 @@ def stack(tmp_path: Path, upstreams: Upstreams) -> Iterator[StackFactory]:
         node_metadata: dict[str, Any] | None = None,
         listen: str = "127.0.0.1:0",
         use_ext_proc: bool = True,
+        clusters: dict[str, int] | None = None,
+        access_log_keys: tuple[str, ...] = (),
     ) -> Stack:
         n = len(made)
         config_path = tmp_path / f"asm-proxy-{n}.yaml"
@@ -103,12 +109,18 @@ def stack(tmp_path: Path, upstreams: Upstreams) -> Iterator[StackFactory]:
         access_log = tmp_path / f"access-{n}.log"
         setup = Setup(
             asm_proxy=server.address,
-            clusters=upstreams.ports,
+            clusters={**upstreams.ports, **(clusters or {})},
             routes=routes or [Route("a")],
             ext_proc=(ext_proc or ExtProc()) if use_ext_proc else None,
             ext_authz=ext_authz,
             access_log=str(access_log),
-            access_log_keys=("user", "from_header", "request_body_seen", "response_body_seen"),
+            access_log_keys=(
+                "user",
+                "from_header",
+                "request_body_seen",
+                "response_body_seen",
+                *access_log_keys,
+            ),
             node_metadata=node_metadata or {},
         )
         config_dict = bootstrap(setup)

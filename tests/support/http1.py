@@ -30,7 +30,8 @@ def request(
     conn = h11.Connection(h11.CLIENT)
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
-        all_headers = [("host", f"127.0.0.1:{port}"), *headers]
+        has_host = any(k.lower() == "host" for k, _ in headers)
+        all_headers = [*([] if has_host else [("host", f"127.0.0.1:{port}")]), *headers]
         if chunks or trailers:
             all_headers.append(("transfer-encoding", "chunked"))
         out = conn.send(h11.Request(method=method, target=path, headers=all_headers))
