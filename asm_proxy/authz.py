@@ -18,7 +18,7 @@ import grpc
 from asm_proxy import codec
 from asm_proxy.chain import run_hooks
 from asm_proxy.exchange import Http
-from asm_proxy.headers import Headers
+from asm_proxy.headers import HeaderAction, HeaderOp, Headers
 from asm_proxy.identity import Workload
 from asm_proxy.plugin import Respond
 from asm_proxy.protos import auth, auth_grpc, http_status, rpc_status
@@ -125,9 +125,25 @@ def _metadata_struct(http: Http, namespace: str) -> Any | None:
     return codec.dict_to_struct(flat)
 
 
+def _joined_header_ops(respond: Respond) -> dict[str, list[HeaderOp]]:
+    """Envoy's ext_authz keeps one value per name in a denied response, so repeated names
+    travel as one comma-joined field (RFC 9110 5.3); set-cookie cannot be joined and keeps
+    only its first value."""
+    values: dict[str, list[str]] = {}
+    for key, value in respond.header_pairs():
+        values.setdefault(key, []).append(value)
+    ops: dict[str, list[HeaderOp]] = {}
+    for key, vals in values.items():
+        if len(vals) > 1 and key == "set-cookie":
+            log.warning("ext_authz denied response: only the first set-cookie is sent")
+            vals = vals[:1]
+        ops[key] = [(HeaderAction.SET, ", ".join(vals))]
+    return ops
+
+
 def denied(respond: Respond, metadata: Any | None) -> Any:
     status_code = _UNAUTHENTICATED if respond.status == 401 else _PERMISSION_DENIED
-    headers, _ = codec.header_value_options(codec.respond_header_ops(respond))
+    headers, _ = codec.header_value_options(_joined_header_ops(respond))
     reply = auth.CheckResponse(
         status=rpc_status.Status(code=status_code, message=respond.details),
         denied_response=auth.DeniedHttpResponse(

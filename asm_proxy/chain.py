@@ -113,6 +113,7 @@ class Hook:
     entry: Entry
     fn: HookFn
     is_async: bool
+    direction: str  # "request" or "response"
     #: Time kept back for the hooks after this one, so a hook that hangs until the
     #: deadline does not leave later plugins (perhaps fail-closed ones) with none.
     reserve: float = 0.0
@@ -124,10 +125,12 @@ HOOK_RESERVE = 0.005
 
 def _ordered_hooks(entries: tuple[Entry, ...], method: str) -> tuple[Hook, ...]:
     chosen = [e for e in entries if method in e.plugin.hooks]
+    direction = "request" if method.startswith("on_request") else "response"
     hooks = []
     for i, e in enumerate(chosen):
         reserve = sum(later.timeout or HOOK_RESERVE for later in chosen[i + 1 :])
-        hooks.append(Hook(e, getattr(e.plugin, method), method in e.plugin.async_hooks, reserve))
+        is_async = method in e.plugin.async_hooks
+        hooks.append(Hook(e, getattr(e.plugin, method), is_async, direction, reserve))
     return tuple(hooks)
 
 
@@ -142,17 +145,22 @@ class Needs:
     response_trailers: bool = False
 
 
-def _needs(entries: Iterable[Entry]) -> Needs:
+def _needs(entries: Iterable[Entry], http: Http | None = None) -> Needs:
+    """What `entries` need of Envoy; with `http`, leaving out what they said done() to."""
     request_body = response_body = BodyAccess.NONE
     request_trailers = response_headers = response_trailers = False
     for entry in entries:
         plugin = entry.plugin
         hooks = plugin.hooks
-        request_body = max(request_body, plugin.body_access("request"), key=lambda a: a.value)
-        response_body = max(response_body, plugin.body_access("response"), key=lambda a: a.value)
-        request_trailers = request_trailers or "on_request_trailers" in hooks
-        response_trailers = response_trailers or "on_response_trailers" in hooks
-        response_headers = response_headers or any(h.startswith("on_response_") for h in hooks)
+        if http is None or not http.is_done(plugin, "request"):
+            request_body = max(request_body, plugin.body_access("request"), key=lambda a: a.value)
+            request_trailers = request_trailers or "on_request_trailers" in hooks
+        if http is None or not http.is_done(plugin, "response"):
+            response_body = max(
+                response_body, plugin.body_access("response"), key=lambda a: a.value
+            )
+            response_trailers = response_trailers or "on_response_trailers" in hooks
+            response_headers = response_headers or any(h.startswith("on_response_") for h in hooks)
     return Needs(request_body, request_trailers, response_headers, response_body, response_trailers)
 
 
@@ -172,10 +180,10 @@ class Plan:
         self.needs = _needs(entries)
 
     def needs_now(self, http: Http) -> Needs:
-        """Needs of the plugins that have not called `http.done()`."""
+        """Needs, leaving out what plugins said `http.done()` to."""
         if not http._done:
             return self.needs
-        return _needs(e for e in self.entries if not http.is_done(e.plugin))
+        return _needs(self.entries, http)
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -310,7 +318,7 @@ async def run_hooks(
     done = http._done
     for hook in hooks:
         entry = hook.entry
-        if done and id(entry.plugin) in done:
+        if done and (id(entry.plugin), hook.direction) in done:
             continue
         start = loop.time()
         remaining = deadline - start

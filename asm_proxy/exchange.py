@@ -163,7 +163,7 @@ class Http:
         self._workload: Workload | None = None
         self._slots: dict[int, Any] = {}
         self._current: Plugin | None = None
-        self._done: set[int] = set()
+        self._done: set[tuple[int, str]] = set()  # (plugin id, "request" | "response")
         self._route_cache = False
 
     # -- what Envoy told us ------------------------------------------------------
@@ -223,11 +223,18 @@ class Http:
             raise RuntimeError("http.state is only available inside a plugin hook")
         self._slots[id(plugin)] = value
 
-    def done(self) -> None:
-        """The running plugin needs no more hooks on this exchange; phases nobody else
-        needs are then skipped (Envoy is told through mode_override)."""
+    def done(self, direction: str | None = None) -> None:
+        """The running plugin needs no more hooks on this exchange, or none more on its
+        "request" or "response" side; phases nobody else needs are then skipped (Envoy is
+        told through mode_override at the next headers reply)."""
+        if direction not in (None, "request", "response"):
+            raise ValueError(
+                f"http.done(): direction must be 'request' or 'response', not {direction!r}"
+            )
         if self._current is not None:
-            self._done.add(id(self._current))
+            key = id(self._current)
+            for side in (direction,) if direction else ("request", "response"):
+                self._done.add((key, side))
 
     # -- intents -------------------------------------------------------------------
 
@@ -277,5 +284,5 @@ class Http:
         self._route_cache = False
         return flag
 
-    def is_done(self, plugin: Plugin) -> bool:
-        return id(plugin) in self._done
+    def is_done(self, plugin: Plugin, direction: str) -> bool:
+        return (id(plugin), direction) in self._done

@@ -267,12 +267,13 @@ class Stream:
         http = self.http
         assert http is not None
         outcome = None
+        if end_of_stream:  # no body follows: header hooks can tell from body.complete
+            d.eos = True
+            message.body.complete = True
         hooks = plan.hooks[kind]
         if hooks and not self.finished:
             outcome = await run_hooks(hooks, http, (), deadline)
         if end_of_stream:
-            d.eos = True
-            message.body.complete = True
             whole = plan.hooks[d.name + "_body"]
             if outcome is None and whole and not self.finished:
                 d.whole_done = True
@@ -312,9 +313,7 @@ class Stream:
         if mode_key is not None:
             reply.mode_override.CopyFrom(_mode_message(mode_key))
         if metadata:
-            reply.dynamic_metadata.CopyFrom(
-                codec.dynamic_metadata(metadata, self.settings.metadata_namespace)
-            )
+            self._put_metadata(reply, metadata)
         counters.responses += 1
         return reply
 
@@ -356,6 +355,19 @@ class Stream:
             common.header_mutation.SetInParent()
             common.clear_route_cache = True
 
+    def _attach_metadata(self, reply: Any) -> None:
+        """Put the metadata plugins set since the last reply on this one."""
+        http = self.http
+        assert http is not None
+        metadata = http.take_metadata()
+        if metadata:
+            self._put_metadata(reply, metadata)
+
+    def _put_metadata(self, reply: Any, metadata: dict[str | None, dict[str, Any]]) -> None:
+        reply.dynamic_metadata.CopyFrom(
+            codec.dynamic_metadata(metadata, self.settings.metadata_namespace)
+        )
+
     def _immediate(self, respond: Respond) -> Reply:
         http = self.http
         assert http is not None
@@ -363,11 +375,7 @@ class Stream:
         counters.immediate_responses += 1
         counters.responses += 1
         reply = ProcessingResponse(immediate_response=codec.immediate_response(respond))
-        metadata = http.take_metadata()
-        if metadata:
-            reply.dynamic_metadata.CopyFrom(
-                codec.dynamic_metadata(metadata, self.settings.metadata_namespace)
-            )
+        self._attach_metadata(reply)
         return reply
 
     # -- bodies ------------------------------------------------------------------------
@@ -549,11 +557,15 @@ class Stream:
         return [self._streamed_reply(kind, part, eos and i == last) for i, part in enumerate(parts)]
 
     def _streamed_reply(self, kind: str, data: bytes, eos: bool) -> Any:
+        """One FULL_DUPLEX_STREAMED body chunk, with any dynamic metadata set so far."""
         counters.responses += 1
         reply = ProcessingResponse()
         mutation = getattr(reply, kind).response.body_mutation
         mutation.streamed_response.body = data
         mutation.streamed_response.end_of_stream = eos
+        http = self.http
+        assert http is not None
+        self._attach_metadata(reply)
         return reply
 
     def _body_reply(self, kind: str, headers: Headers, new_body: bytes | None) -> Any:
@@ -576,9 +588,7 @@ class Stream:
             else:
                 common.body_mutation.clear_body = True
         if metadata:
-            reply.dynamic_metadata.CopyFrom(
-                codec.dynamic_metadata(metadata, self.settings.metadata_namespace)
-            )
+            self._put_metadata(reply, metadata)
         return reply
 
     # -- trailers ----------------------------------------------------------------------
@@ -655,9 +665,7 @@ class Stream:
             else:
                 trailers_response.SetInParent()
             if metadata:
-                reply.dynamic_metadata.CopyFrom(
-                    codec.dynamic_metadata(metadata, self.settings.metadata_namespace)
-                )
+                self._put_metadata(reply, metadata)
         if replies:
             replies.append(reply)
             return replies

@@ -13,6 +13,7 @@ protocol tests use the lower-level `messages` builders and `Step`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -252,6 +253,7 @@ class PluginHost:
             else:
                 instance = plugin(plugin.Config.model_validate(dict(config or {})))
             instance.name = name
+            instance.log = logging.getLogger(f"asm_proxy.plugin.{name}")
             entry = Entry(
                 index=0,
                 name=name,
@@ -285,6 +287,11 @@ class PluginHost:
 
     def run(self, coro: Any) -> Any:
         return self._loop.run_until_complete(coro)
+
+    def advance(self, seconds: float) -> None:
+        """Let the event loop run for `seconds` (background tasks such as key refreshers
+        only make progress while the loop runs)."""
+        self.run(asyncio.sleep(seconds))
 
     def new_exchange(self) -> PluginHost:
         from asm_proxy.stream import Stream

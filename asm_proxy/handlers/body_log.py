@@ -369,9 +369,11 @@ class BodyLogPlugin(Plugin):
         exchange = Exchange()
         if self.config.request:
             exchange.request = self.side(http.request.headers)
-        if exchange.request is None and not self.config.response:
-            http.done()
-            return
+        if exchange.request is None:
+            if not self.config.response:
+                http.done()
+                return
+            http.done("request")  # Envoy need not stream this request body to us
         if self.config.log_line and self.config.log_headers:
             exchange.request_headers = self.headers_for_log(http.request.headers)
         http.state = exchange

@@ -153,12 +153,6 @@ def test_full_duplex_streamed(stack: StackFactory, caplog: pytest.LogCaptureFixt
     assert orjson.loads(line["response"]["body"]) == REDACTED_LOGIN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: in FULL_DUPLEX_STREAMED, stream.py sends chunk replies without the "
-    "dynamic metadata set by chunk hooks (_body_duplex/_streamed_reply); metadata set at "
-    "the response's last chunk never reaches Envoy",
-)
 def test_full_duplex_response_metadata(stack: StackFactory) -> None:
     """FULL_DUPLEX_STREAMED: the response body in the access log."""
     s = body_stack(stack, "FULL_DUPLEX_STREAMED")

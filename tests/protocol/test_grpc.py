@@ -146,3 +146,18 @@ def test_fuzzed_streams_over_grpc(channel: grpc.Channel, case) -> None:
         assert err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
         assert err.details()
     assert len(process(channel, [messages.request_headers([(":path", "/")], True)])) == 1
+
+
+def test_authz_denied_repeated_headers_are_joined() -> None:
+    """Envoy's ext_authz keeps one value per name in a denial, so repeats are comma-joined."""
+    from asm_proxy.authz import denied
+    from asm_proxy.plugin import Respond
+
+    reply = denied(
+        Respond(
+            401, headers=[("www-authenticate", "Bearer"), ("www-authenticate", "Basic realm=x")]
+        ),
+        None,
+    )
+    headers = [(h.header.key, h.header.value) for h in reply.denied_response.headers]
+    assert headers == [("www-authenticate", "Bearer, Basic realm=x")]

@@ -280,3 +280,31 @@ class TestPhasesOnDemand:
         h.request_headers()
         step = h.response_headers({"content-type": "text/html"})
         assert mode_of(step)["response_body_mode"] == "NONE"
+
+    def test_done_for_one_direction(self) -> None:
+        """http.done("request") drops only the request side's later phases."""
+
+        class ResponseOnly(Plugin):
+            def on_request_headers(self, http: Http) -> None:
+                http.done("request")
+
+            def on_request_body(self, http: Http) -> None:
+                raise AssertionError("not asked for")
+
+            def on_response_body(self, http: Http) -> None:
+                http.response.body.replace(b"{}")
+
+        mode = mode_of(PluginHost(ResponseOnly).request_headers(end_of_stream=False))
+        assert (mode["request_body_mode"], mode["response_body_mode"]) == ("NONE", "BUFFERED")
+
+    def test_done_refuses_unknown_direction(self) -> None:
+        """A misspelt direction is a plugin error, not a silent no-op."""
+
+        class Typo(Plugin):
+            def on_request_headers(self, http: Http) -> None:
+                http.done("requests")
+
+        step = PluginHost(Typo, name="typo").request_headers()
+        assert (
+            step.immediate is not None and step.immediate.details == "asm_proxy_plugin_error:typo"
+        )

@@ -18,7 +18,7 @@ from asm_proxy.protos import BodySendMode
 from asm_proxy.testing import PluginHost, mode_of
 
 SECRET = "hunter2-s3cr3t"
-LOGGER = "asm_proxy.plugin"
+LOGGER = "asm_proxy.plugin.plugin-under-test"  # PluginHost names the plugin so
 
 
 @dataclass
@@ -129,6 +129,15 @@ class TestBodies:
         host = PluginHost(BodyLogPlugin, {})
         step = host.request_headers({"content-type": "application/json"}, end_of_stream=False)
         assert mode_of(step)["request_body_mode"] == "STREAMED"
+        assert mode_of(step)["response_body_mode"] == "STREAMED"
+
+    def test_unlogged_request_body_is_not_streamed(self) -> None:
+        """A request body of a type not logged is not asked for; the response still is."""
+        host = PluginHost(BodyLogPlugin, {})
+        step = host.request_headers(
+            {"content-type": "application/octet-stream"}, end_of_stream=False
+        )
+        assert mode_of(step)["request_body_mode"] == "NONE"
         assert mode_of(step)["response_body_mode"] == "STREAMED"
 
     def test_buffered_mode(self) -> None:
