@@ -22,6 +22,19 @@ def test_included_files_match(match: re.Match[str]) -> None:
     assert match.group("code") == (ROOT / match.group("path")).read_text()
 
 
+CONFIG = re.compile(r"<!-- config -->\n```yaml\n(?P<code>.*?)```", re.S)
+
+
+@pytest.mark.parametrize("text", [m.group("code") for m in CONFIG.finditer(DOC)])
+def test_example_configs_load(text: str) -> None:
+    """Every config shown for a built-in plugin is valid and builds its plugin."""
+    from asm_proxy.config import parse_file
+    from asm_proxy.loader import build_chain
+
+    chain = build_chain(parse_file("docs/PLUGINS.md", text))
+    assert chain.entries
+
+
 def test_runnable_examples_run() -> None:
     """The example plugin and its test, executed as written."""
     runnable = blocks("run")
