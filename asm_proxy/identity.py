@@ -1,8 +1,10 @@
 """Which workload an exchange belongs to, from what Envoy proves rather than what a client says.
 
 Sources, strongest first:
-- the mTLS peer certificate of the gRPC connection (central mode): a SPIFFE ID
-  `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`;
+- a peer identity the server established itself: an mTLS SPIFFE ID
+  `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>` (`from_spiffe`, for when
+  the server terminates mTLS in central mode — planned), or ext_authz context extensions
+  set in Envoy's route config;
 - Envoy attributes computed from its own node metadata (Istio sets NAMESPACE, LABELS,
   WORKLOAD_NAME, SERVICE_ACCOUNT on every sidecar), asked for in the ext_proc filter's
   `request_attributes`, e.g. `xds.node.metadata.NAMESPACE`, `xds.node.metadata.LABELS['app']`;

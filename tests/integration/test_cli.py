@@ -34,6 +34,14 @@ def test_validate_good_and_bad(tmp_path: Path) -> None:
     )
 
 
+def test_plugins_lists_the_builtins() -> None:
+    """plugins: every built-in type with the class behind it."""
+    result = run("plugins")
+    assert result.returncode == 0
+    names = {line.split()[0] for line in result.stdout.splitlines()}
+    assert {"headers", "direct_response", "nacos", "reverse_dns", "body_log", "auth"} <= names
+
+
 def test_serve_refuses_a_bad_file(tmp_path: Path) -> None:
     """serve exits 1 with the same messages as validate."""
     bad = tmp_path / "bad.yaml"
