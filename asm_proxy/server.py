@@ -77,6 +77,9 @@ class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # typ
                         await write(item)
                 else:
                     await write(reply)
+                if stream.closing:
+                    counters.streams_closed_early += 1
+                    return  # nothing more is needed: end the stream (status OK)
         except ProtocolError as exc:
             counters.streams_aborted += 1
             log.info("ext_proc stream ended: %s", exc.message)

@@ -15,6 +15,7 @@ class Counters:
     streams_started: int = 0
     streams_finished: int = 0
     streams_aborted: int = 0  # ended by a protocol error (gRPC status sent)
+    streams_closed_early: int = 0  # ended by asm-proxy once the chain needed nothing more
     messages: int = 0
     responses: int = 0
     mode_overrides: int = 0

@@ -47,6 +47,7 @@ SEND: int = HeaderSendMode.SEND
 SKIP: int = HeaderSendMode.SKIP
 
 ONE_SHOT = (BUFFERED, BUFFERED_PARTIAL)
+NO_BODY = BodyAccess.NONE
 
 # Stages of one direction.
 _NOTHING, _HEADERS, _BODY, _TRAILERS = 0, 1, 2, 3
@@ -135,6 +136,7 @@ class Stream:
     __slots__ = (
         "_loop",
         "chain",
+        "closing",
         "finished",
         "http",
         "observability",
@@ -159,6 +161,9 @@ class Stream:
         self.static_request_mode: int = NONE
         self.static_response_mode: int = NONE
         self.finished = False  # an immediate response was sent
+        #: The reply just returned is the last this exchange needs: the server may end the
+        #: stream cleanly after sending it, and Envoy carries on without asking again.
+        self.closing = False
         self._loop = asyncio.get_running_loop()
 
     # -- entry point -------------------------------------------------------------------
@@ -284,6 +289,8 @@ class Stream:
             return _CONTINUE[kind]
 
         mode_key = self._mode_override(plan, kind)
+        if mode_key is not None:
+            self.closing = self._nothing_more(plan, kind)
         ops = message.headers.take_ops()
         metadata = http.take_metadata()
         route = http.take_route_cache()
@@ -346,6 +353,21 @@ class Stream:
         counters.mode_overrides += 1
         return (request_body, request_trailers, response_headers, response_body, response_trailers)
 
+    def _nothing_more(self, plan: Plan, kind: str) -> bool:
+        """Whether, after answering `kind` (a headers message), no plugin needs anything
+        more of this exchange. Ending the stream then spares Envoy and the server the rest
+        of it (the protocol: a stream the server closes cleanly, Envoy carries on without)."""
+        if FULL_DUPLEX in (self.static_request_mode, self.static_response_mode):
+            return False  # chunks may be held or in flight; let Envoy end the stream
+        http = self.http
+        assert http is not None
+        needs = plan.needs_now(http)
+        if not self.request.eos and (needs.request_body is not NO_BODY or needs.request_trailers):
+            return False
+        if kind == "request_headers" and needs.response_headers:
+            return False
+        return needs.response_body is NO_BODY and not needs.response_trailers
+
     def _common(self, common: Any, kind: str, ops: dict[str, Any], route: bool) -> None:
         if ops:
             common.header_mutation.CopyFrom(codec.header_mutation(ops))
@@ -360,6 +382,7 @@ class Stream:
         http = self.http
         assert http is not None
         self.finished = True
+        self.closing = not self.observability
         counters.immediate_responses += 1
         counters.responses += 1
         reply = ProcessingResponse(immediate_response=codec.immediate_response(respond))
