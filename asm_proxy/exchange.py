@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from asm_proxy.body import Body
-from asm_proxy.headers import Headers
+from asm_proxy.headers import HeaderOp, Headers
 from asm_proxy.identity import UNKNOWN, Workload
 from asm_proxy.undo import UndoLog
 
@@ -26,12 +26,39 @@ ROUTING_HEADERS = frozenset({":authority", ":path", "host", ":method", ":scheme"
 class Message:
     """One direction of the exchange: headers, body and trailers."""
 
-    __slots__ = ("body", "headers", "trailers")
+    __slots__ = ("_headers", "_raw_headers", "_undo", "body", "trailers")
 
     def __init__(self, undo: UndoLog, headers: Headers | None = None) -> None:
-        self.headers = headers if headers is not None else Headers(undo=undo)
+        self._undo = undo
+        self._headers = headers
+        self._raw_headers: Any = None
         self.body = Body(undo)
         self.trailers = Headers(undo=undo)
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            # Decoded on first use: a phase no plugin looks at costs no decoding.
+            from asm_proxy.codec import decode_header_map
+
+            raw, self._raw_headers = self._raw_headers, None
+            mapping = decode_header_map(raw) if raw is not None else {}
+            headers = self._headers = Headers._adopt(mapping, self._undo)
+        return headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers, self._raw_headers = value, None
+
+    def _receive_headers(self, header_map: Any) -> None:
+        """Take Envoy's HeaderMap as this message's headers (decoded when first read)."""
+        self._headers, self._raw_headers = None, header_map
+
+    def _take_header_ops(self) -> dict[str, list[HeaderOp]]:
+        """The header changes recorded since the last call (none if nobody read them)."""
+        headers = self._headers
+        return headers.take_ops() if headers is not None else {}
 
 
 class Request(Message):

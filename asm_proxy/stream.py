@@ -206,10 +206,9 @@ class Stream:
             self.overrides = False
         self.request.mode = self.static_request_mode
         self.response.mode = self.static_response_mode
-        headers = None
+        http = Http()
         if kind == "request_headers":
-            headers = Headers._adopt(codec.decode_header_map(msg.request_headers.headers), None)
-        http = Http(headers)
+            http.request._receive_headers(msg.request_headers.headers)
         self.http = http
         return http
 
@@ -232,11 +231,7 @@ class Stream:
             )
         d.stage = _HEADERS
         if self.plan is not None:  # the stream began with another message; take these in
-            http.request.headers = Headers._adopt(
-                codec.decode_header_map(msg.request_headers.headers), http.undo
-            )
-        else:
-            http.request.headers._undo = http.undo
+            http.request._receive_headers(msg.request_headers.headers)
         plan = self._select(http)
         return await self._headers(
             "request_headers", d, http.request, plan, msg.request_headers.end_of_stream, deadline
@@ -252,9 +247,7 @@ class Stream:
                 f"response_headers received after response {_STAGE_NAMES[d.stage]} on this stream",
             )
         d.stage = _HEADERS
-        http.response.headers = Headers._adopt(
-            codec.decode_header_map(msg.response_headers.headers), http.undo
-        )
+        http.response._receive_headers(msg.response_headers.headers)
         plan = self._select(http)
         return await self._headers(
             "response_headers", d, http.response, plan, msg.response_headers.end_of_stream, deadline
@@ -291,7 +284,7 @@ class Stream:
         mode_key = self._mode_override(plan, kind)
         if mode_key is not None:
             self.closing = self._nothing_more(plan, kind)
-        ops = message.headers.take_ops()
+        ops = message._take_header_ops()
         metadata = http.take_metadata()
         route = http.take_route_cache()
         replaced = message.body.replacement if end_of_stream else None
@@ -480,7 +473,7 @@ class Stream:
             # Envoy holds the headers in BUFFERED mode and checks content-length against the
             # new body, so it must be set in this same response.
             message.headers.set("content-length", str(len(replaced)))
-        return self._body_reply(kind, message.headers, replaced)
+        return self._body_reply(kind, message, replaced)
 
     async def _body_streamed(
         self,
@@ -505,7 +498,7 @@ class Stream:
         if outcome is not None:
             return self._immediate(outcome)
         new = chunk.data if chunk is not None and chunk.replaced else None
-        return self._body_reply(kind, message.headers, new)
+        return self._body_reply(kind, message, new)
 
     async def _observe_whole(
         self, d: Direction, body: Body, whole: Any, deadline: float
@@ -579,10 +572,10 @@ class Stream:
         mutation.streamed_response.end_of_stream = eos
         return reply
 
-    def _body_reply(self, kind: str, headers: Headers, new_body: bytes | None) -> Any:
+    def _body_reply(self, kind: str, message: Message, new_body: bytes | None) -> Any:
         http = self.http
         assert http is not None
-        ops = headers.take_ops()
+        ops = message._take_header_ops()
         metadata = http.take_metadata()
         route = http.take_route_cache()
         counters.responses += 1
