@@ -246,10 +246,10 @@ class ServerSettings(Model):
     #: Envoy stops sending), then how long streams in flight get to finish.
     drain_delay: Duration = 1.0
     drain_timeout: Duration = 20.0
-    #: Processes of each worker's offload pool, and the body size from which `offload()`
-    #: sends work there (below it, the work runs inline). See docs/PERFORMANCE.md.
+    #: Processes of each worker's offload pool (0: none, everything inline), and the size
+    #: from which `offload()` sends work there (measured, see docs/PERFORMANCE.md).
     offload_processes: int = 1
-    offload_threshold: int = 64 * 1024
+    offload_threshold: int = 16 * 1024
 
     @field_validator("listen")
     @classmethod

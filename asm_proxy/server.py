@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from asm_proxy import offload
 from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings
@@ -167,6 +168,7 @@ class Server:
 
     async def start(self, listen: str | None = None) -> None:
         address = listen or self.settings.listen
+        offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
         await self.state.chain.start()
         server = grpc.aio.server(options=grpc_options(self.settings, reuse_port=self.reuse_port))
         ext_proc_grpc.add_ExternalProcessorServicer_to_server(
@@ -227,6 +229,7 @@ class Server:
         if loaded.settings.listen != self.settings.listen:
             log.warning("listen changed to %s; it takes effect on restart", loaded.settings.listen)
         self.state.install(loaded.settings, loaded.chain)
+        offload.configure(loaded.settings.offload_processes, loaded.settings.offload_threshold)
         counters.config_reloads += 1
         self._info(
             "config %s reloaded: %s",
@@ -262,6 +265,7 @@ class Server:
         if self._server is not None:
             await self._server.stop(grace)
         await self.state.chain.close()
+        await offload.close_pool()
         if self.address.startswith("unix:"):
             with contextlib.suppress(OSError):
                 os.unlink(self.address[len("unix:") :])

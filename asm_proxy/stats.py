@@ -27,6 +27,10 @@ class Counters:
     fail_close: int = 0
     body_bytes_joined: int = 0  # bytes copied to join chunks into one body
     bodies_replaced: int = 0
+    body_bytes_sent: int = 0  # body bytes sent back to Envoy (replacements, held chunks)
+    offloaded_calls: int = 0
+    offload_bytes_in: int = 0  # copied into shared memory for the offload pool
+    offload_bytes_out: int = 0  # copied out of shared memory from the offload pool
     authz_checks: int = 0
     authz_denied: int = 0
     config_reloads: int = 0

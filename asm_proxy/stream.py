@@ -309,6 +309,7 @@ class Stream:
             common.status = ext_proc.CommonResponse.CONTINUE_AND_REPLACE
             common.body_mutation.body = replaced
             counters.bodies_replaced += 1
+            counters.body_bytes_sent += len(replaced)
         if mode_key is not None:
             reply.mode_override.CopyFrom(_mode_message(mode_key))
         if metadata:
@@ -566,6 +567,7 @@ class Stream:
 
     def _streamed_reply(self, kind: str, data: bytes, eos: bool) -> Any:
         counters.responses += 1
+        counters.body_bytes_sent += len(data)
         reply = ProcessingResponse()
         mutation = getattr(reply, kind).response.body_mutation
         mutation.streamed_response.body = data
@@ -587,6 +589,7 @@ class Stream:
         self._common(common, kind, ops, route)
         if new_body is not None:
             counters.bodies_replaced += 1
+            counters.body_bytes_sent += len(new_body)
             if new_body:
                 common.body_mutation.body = new_body
             else:
