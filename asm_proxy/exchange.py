@@ -26,14 +26,32 @@ ROUTING_HEADERS = frozenset({":authority", ":path", "host", ":method", ":scheme"
 class Message:
     """One direction of the exchange: headers, body and trailers."""
 
-    __slots__ = ("_headers", "_raw_headers", "_undo", "body", "trailers")
+    __slots__ = ("_body", "_headers", "_raw_headers", "_trailers", "_undo")
 
     def __init__(self, undo: UndoLog, headers: Headers | None = None) -> None:
         self._undo = undo
         self._headers = headers
         self._raw_headers: Any = None
-        self.body = Body(undo)
-        self.trailers = Headers(undo=undo)
+        self._body: Body | None = None
+        self._trailers: Headers | None = None
+
+    @property
+    def body(self) -> Body:
+        body = self._body
+        if body is None:
+            body = self._body = Body(self._undo)
+        return body
+
+    @property
+    def trailers(self) -> Headers:
+        trailers = self._trailers
+        if trailers is None:
+            trailers = self._trailers = Headers(undo=self._undo)
+        return trailers
+
+    @trailers.setter
+    def trailers(self, value: Headers) -> None:
+        self._trailers = value
 
     @property
     def headers(self) -> Headers:

@@ -247,8 +247,16 @@ class Stream:
                 f"response_headers received after response {_STAGE_NAMES[d.stage]} on this stream",
             )
         d.stage = _HEADERS
-        http.response._receive_headers(msg.response_headers.headers)
+        headers = msg.response_headers
+        http.response._receive_headers(headers.headers)
         plan = self._select(http)
+        if not plan.needs.response_headers and not http._done:
+            # No plugin of this exchange has a response hook: nothing to run or change.
+            if headers.end_of_stream:
+                d.eos = True
+                http.response.body.complete = True
+            counters.responses += 1
+            return _CONTINUE["response_headers"]
         return await self._headers(
             "response_headers", d, http.response, plan, msg.response_headers.end_of_stream, deadline
         )

@@ -104,7 +104,7 @@ def _headers_message(i: int) -> object:
     )
 
 
-async def _hold_streams(address: str, count: int, roots: list[int]) -> tuple[int, int]:
+async def _hold_streams(address: str, count: int, roots: list[int]) -> tuple[int, int, int]:
     import grpc
 
     from asm_proxy.protos import ext_proc_grpc
@@ -121,16 +121,22 @@ async def _hold_streams(address: str, count: int, roots: list[int]) -> tuple[int
                 calls.append(call)
             for call in calls:
                 await call.read()  # the headers' answer: the server holds the stream now
+            await asyncio.sleep(0.3)  # streams the server ends after one answer end now
             held = rss_bytes(pids)
+            still_open = sum(1 for call in calls if not call.done())
         finally:
             for call in calls:
                 call.cancel()
-        return before, held
+        return before, held, still_open
 
 
-def rss_per_stream(address: str, roots: list[int], count: int) -> float:
+def rss_per_stream(address: str, roots: list[int], count: int) -> float | None:
     """Bytes of server RSS per open stream: (RSS with `count` more streams open, each past
-    its request headers, less RSS before) / `count`. Everything the streams made the
-    server allocate counts, allocator growth included."""
-    before, held = asyncio.run(_hold_streams(address, count, roots))
+    its request headers as for a request whose body or response is still to come, less
+    RSS before) / `count`. Everything the streams made the server allocate counts,
+    allocator growth included. None if the server ends such streams after answering the
+    headers (a chain that needs nothing more): then no stream stays open to weigh."""
+    before, held, still_open = asyncio.run(_hold_streams(address, count, roots))
+    if still_open < count:
+        return None
     return max(0, held - before) / count

@@ -269,7 +269,10 @@ def measure(
                 envoy.stop()
                 envoy = None
                 per_stream = rss_per_stream(server.address, server.roots, options.streams)
-                row["rss_per_stream_bytes"] = round(per_stream)
+                if per_stream is None:
+                    row["rss_per_stream"] = "streams end after the headers"
+                else:
+                    row["rss_per_stream_bytes"] = round(per_stream)
     except Exception as exc:
         row["status"] = f"error: {type(exc).__name__}: {exc}"
     finally:

@@ -39,10 +39,12 @@ def test_quick_run(tmp_path: Path) -> None:
         assert rows[name]["status"] == "ok", rows[name]
         assert rows[name]["requests"] > 0
         assert rows[name]["errors"] == 0
-    for name in ("floor", "headers-on-demand", "chain-10-1-match"):
+    for name in ("floor", "headers-every-phase", "headers-on-demand", "chain-10-1-match"):
         assert rows[name]["server_cpu_us"] > 0
-        assert rows[name]["rss_per_stream_bytes"] >= 0
         assert rows[name]["ratio"] > 0
+    for name in ("floor", "headers-every-phase", "body-65536"):
+        assert rows[name]["rss_per_stream_bytes"] >= 0  # these streams stay open
+    assert rows["headers-on-demand"]["rss_per_stream"] == "streams end after the headers"
     # Streams cut by the window's edges make these averages, not exact counts.
     assert round(rows["headers-on-demand"]["messages_per_stream"]) == 1  # response skipped
     assert round(rows["headers-every-phase"]["messages_per_stream"]) == 2
