@@ -57,12 +57,11 @@ class Message:
     def headers(self) -> Headers:
         headers = self._headers
         if headers is None:
-            # Decoded on first use: a phase no plugin looks at costs no decoding.
-            from asm_proxy.codec import decode_header_map
-
+            # Decoded on first read: a phase no plugin looks at costs no decoding.
             raw, self._raw_headers = self._raw_headers, None
-            mapping = decode_header_map(raw) if raw is not None else {}
-            headers = self._headers = Headers._adopt(mapping, self._undo)
+            undo = self._undo
+            headers = Headers(undo=undo) if raw is None else Headers._lazy(raw, undo)
+            self._headers = headers
         return headers
 
     @headers.setter
