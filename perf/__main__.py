@@ -77,10 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="run only these scenarios (and Envoy alone)")
     parser.add_argument("--seconds", type=float, help="measured seconds per scenario (10)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per scenario (2)")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds, interleaved; medians kept")
+    parser.add_argument(
+        "--repeat", type=int, help="rounds, interleaved; medians kept (3; --quick: 1)"
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--transport", choices=["unix", "tcp"], default="unix")
-    parser.add_argument("--workers", type=int, help="asm-proxy workers (default one per core)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="asm-proxy workers outside the workers sweep (1, like the floor; 0: one per core)",
+    )
     parser.add_argument("--envoy-concurrency", type=int, default=2)
     parser.add_argument("--streams", type=int, help="open streams for RSS per stream (1000)")
     parser.add_argument(
@@ -101,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         transport=args.transport,
         streams=args.streams or (50 if args.quick else 1000),
         load=load,
-        workers=args.workers,
+        workers=args.workers or None,
     )
+    repeat = args.repeat or (1 if args.quick else 3)
     out = args.out or (Path(tempfile.mkdtemp(prefix="asm-proxy-perf-")) if args.quick else RESULTS)
     info = machine()
     scenarios = plan(args.quick, info["cores"])
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         upstream = start_upstream(workdir)
         try:
-            for round_ in range(args.repeat):
+            for round_ in range(repeat):
                 for scenario in scenarios:
                     row = measure(scenario, options, upstream.port, workdir / f"r{round_}")
                     runs[scenario.name].append(row)
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_ratios(rows)
     result = {
         "machine": info,
-        "options": {**options.__dict__, "repeat": args.repeat, "quick": args.quick},
+        "options": {**options.__dict__, "repeat": repeat, "quick": args.quick},
         "seconds_taken": round(time.monotonic() - started, 1),
         "rows": rows,
         "targets": report.targets(rows),

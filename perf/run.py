@@ -39,7 +39,9 @@ class Options:
     transport: str = "unix"  # how Envoy reaches the ext_proc server: unix or tcp
     streams: int = 1000  # open streams for the RSS measurement
     load: str = "wrk"  # wrk or python
-    workers: int | None = None  # asm-proxy's default: one per core
+    #: asm-proxy workers for the scenarios that do not set their own (the workers sweep
+    #: does): one, like the floor, so CPU per request compares like with like.
+    workers: int | None = 1
 
 
 class LoopThread:
