@@ -81,7 +81,12 @@ class Message:
 class Request(Message):
     """The request as Envoy has it now, including changes made by earlier plugins."""
 
-    __slots__ = ()
+    __slots__ = ("_path_of", "_path_only")
+
+    def __init__(self, undo: UndoLog, headers: Headers | None = None) -> None:
+        super().__init__(undo, headers)
+        self._path_of: str | None = None
+        self._path_only = ""
 
     @property
     def method(self) -> str:
@@ -100,8 +105,11 @@ class Request(Message):
     def path_only(self) -> str:
         """:path without its query string."""
         path = self.path
+        if path is self._path_of:  # every plugin's match asks: cut the query once
+            return self._path_only
         cut = path.find("?")
-        return path if cut < 0 else path[:cut]
+        self._path_of, self._path_only = path, path if cut < 0 else path[:cut]
+        return self._path_only
 
     @property
     def query(self) -> dict[str, str]:

@@ -203,20 +203,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.legend(loc="lower right")
     ax = axes[0][2]
     ax.barh(names, [r.get("rss_per_stream_bytes", 0) / KiB for r in main], color="#8172b3")
+    for i, r in enumerate(main):
+        if "rss_per_stream_bytes" not in r:
+            ax.text(0.5, i, "n/a: the stream ends after its first answer", va="center")
     ax.axvline(16, color="#c44e52", linestyle="--", label="target 16 KiB")
     ax.set_xlabel("KiB of server RSS per open stream")
     ax.set_title("Memory per open stream")
     ax.invert_yaxis()
     ax.legend(loc="lower right")
 
-    def sweep(ax: Any, group: str, key: str, xlabel: str, ylabel: str, logx: bool) -> None:
+    def sweep(ax: Any, group: str, key: str, xlabel: str, ylabel: str, scale: float) -> None:
         points = sorted((r for r in rows if r["group"] == group), key=lambda r: r["x"])
         if not points:
             ax.set_visible(False)
             return
-        ax.plot([r["x"] for r in points], [r.get(key, 0) for r in points], "o-")
-        if logx:
-            ax.set_xscale("log", base=2)
+        ax.plot([r["x"] / scale for r in points], [r.get(key, 0) for r in points], "o-")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
@@ -226,9 +227,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axes[1][0],
         "body",
         "server_cpu_us",
-        "request body bytes (BUFFERED)",
+        "request body MiB (BUFFERED)",
         "server CPU µs/req",
-        True,
+        2**20,
     )
     axes[1][0].set_title("CPU per request vs body size")
     sweep(
@@ -237,19 +238,24 @@ def plot(result: dict[str, Any], path: Path) -> None:
         "server_cpu_us",
         "configured plugins (one matches)",
         "server CPU µs/req",
-        False,
+        1,
     )
     axes[1][1].set_title("CPU per request vs chain length")
-    sweep(axes[1][2], "workers", "rps", "workers", "requests/s", False)
+    sweep(axes[1][2], "workers", "rps", "workers", "requests/s", 1)
     axes[1][2].set_title("Requests/s vs workers")
     machine = result["machine"]
     fig.suptitle(
-        f"asm-proxy through Envoy {machine['envoy'].split('/')[0]} — {machine['cores']} cores, "
+        f"asm-proxy through Envoy {_envoy_version(machine['envoy'])} — {machine['cores']} cores, "
         f"{machine['date']}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _envoy_version(text: str) -> str:
+    parts = text.split("/")
+    return parts[1] if len(parts) > 1 else text
 
 
 def write(result: dict[str, Any], out: Path) -> None:
