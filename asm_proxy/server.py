@@ -54,6 +54,27 @@ class ServerState:
         task.add_done_callback(self._closing.discard)
 
 
+class _ResetAfterLastAnswer(logging.Filter):
+    """grpc.aio logs an error with a traceback when a stream's final status cannot be sent
+    because the client has already reset the stream. asm-proxy ends a stream right after
+    its last answer, and Envoy may reset it as soon as it has that answer: expected and
+    harmless, so counted instead of logged."""
+
+    PREFIX = f"ExecuteBatchError raised in core by servicer method [/{EXT_PROC_SERVICE}/"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.PREFIX):
+            counters.streams_reset_before_status += 1
+            return False
+        return True
+
+
+def _quiet_grpc_resets() -> None:
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _ResetAfterLastAnswer) for f in grpc_log.filters):
+        grpc_log.addFilter(_ResetAfterLastAnswer())
+
+
 class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, state: ServerState) -> None:
         self._state = state
@@ -169,6 +190,7 @@ class Server:
     async def start(self, listen: str | None = None) -> None:
         address = listen or self.settings.listen
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
+        _quiet_grpc_resets()
         await self.state.chain.start()
         server = grpc.aio.server(options=grpc_options(self.settings, reuse_port=self.reuse_port))
         ext_proc_grpc.add_ExternalProcessorServicer_to_server(

@@ -16,6 +16,7 @@ class Counters:
     streams_finished: int = 0
     streams_aborted: int = 0  # ended by a protocol error (gRPC status sent)
     streams_closed_early: int = 0  # ended by asm-proxy once the chain needed nothing more
+    streams_reset_before_status: int = 0  # Envoy reset one before its final status went out
     messages: int = 0
     responses: int = 0
     mode_overrides: int = 0

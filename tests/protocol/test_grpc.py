@@ -173,3 +173,30 @@ def test_fuzzed_streams_over_grpc(channel: grpc.Channel, case) -> None:
         assert err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
         assert err.details()
     assert len(process(channel, [messages.request_headers([(":path", "/")], True)])) == 1
+
+
+def test_reset_before_the_final_status_is_counted_not_logged(server: ServerThread) -> None:
+    """Envoy may reset a stream the moment it has asm-proxy's last answer; grpc.aio's error
+    about the status it then cannot send is counted, not logged; other errors still are."""
+    import logging
+
+    from asm_proxy.stats import counters
+
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    before = counters.streams_reset_before_status
+    method = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+    record = grpc_log.makeRecord(
+        grpc_log.name,
+        logging.ERROR,
+        __file__,
+        1,
+        f"ExecuteBatchError raised in core by servicer method [{method}]",
+        (),
+        None,
+    )
+    assert grpc_log.filter(record) is False
+    assert counters.streams_reset_before_status == before + 1
+    other = grpc_log.makeRecord(
+        grpc_log.name, logging.ERROR, __file__, 1, "something else broke", (), None
+    )
+    assert grpc_log.filter(other) is True
