@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -82,6 +83,10 @@ class Worker:
             signal.SIGTERM,
             lambda: self.drain(server.settings.drain_delay, server.settings.drain_timeout),
         )
+        # Everything made so far (modules, the config, plugins) lives as long as the process:
+        # keep the cyclic GC from walking it again at every full collection. Measured under
+        # load: GC time per request -45 %, longest pause 45 ms -> 7 ms (docs/PERFORMANCE.md).
+        gc.freeze()
         self._send({"op": "ready", "pid": os.getpid(), "address": server.address})
         log.debug("worker %d serving on %s", self.index, server.address)
         control = loop.create_task(self._control(reader))
