@@ -11,6 +11,7 @@ bounded in time; every process started is stopped.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         "--load", choices=["wrk", "python"], help="load generator (default wrk; python if absent)"
     )
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every Envoy, server and wrk started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load = args.load or ("wrk" if wrk_path() else "python")
     if load == "wrk" and not wrk_path():
         print("wrk is not installed: apt-get install wrk (scripts/perf does it)", file=sys.stderr)
