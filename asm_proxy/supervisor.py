@@ -288,6 +288,9 @@ class Supervisor:
                 start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
                 env=env,
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
