@@ -4,6 +4,7 @@ from asm_proxy.body import Body, Chunk
 from asm_proxy.exchange import Http, Request, Response
 from asm_proxy.headers import Headers
 from asm_proxy.identity import Workload
+from asm_proxy.offload import OffloadError, offload, prepare_offload
 from asm_proxy.plugin import HOOKS, BodyAccess, FailStrategy, Phase, Plugin, PluginConfig, Respond
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "FailStrategy",
     "Headers",
     "Http",
+    "OffloadError",
     "Phase",
     "Plugin",
     "PluginConfig",
@@ -21,4 +23,6 @@ __all__ = [
     "Respond",
     "Response",
     "Workload",
+    "offload",
+    "prepare_offload",
 ]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asm_proxy.exchange import Http
-from asm_proxy.matching import RequestPredicate, WorkloadPredicate
+from asm_proxy.matching import PathMatch, RequestPredicate, WorkloadPredicate
 from asm_proxy.plugin import BodyAccess, FailStrategy, Phase, Plugin, Respond
 from asm_proxy.stats import counters
 
@@ -208,6 +208,17 @@ class Chain:
             1 << i for i, e in enumerate(self.entries) if e.phase in (Phase.AUTHN, Phase.AUTHZ)
         )
         self._any_scoped = any(e.matches or e.selects for e in self.entries)
+        #: (bit, path test, other match, selects) of each plugin: selection computes the
+        #: path once and makes no method calls of its own.
+        self._scopes = tuple(
+            (
+                1 << i,
+                e.matches.test if isinstance(e.matches, PathMatch) else None,
+                None if isinstance(e.matches, PathMatch) else e.matches,
+                e.selects,
+            )
+            for i, e in enumerate(self.entries)
+        )
         self._streams = 0
         self._retired = False
         self._closed = False
@@ -221,9 +232,25 @@ class Chain:
             mask = allowed
         else:
             mask = 0
-            for bit, entry in enumerate(self.entries):
-                if allowed >> bit & 1 and entry.applies(http):
-                    mask |= 1 << bit
+            request = http.request
+            path: str | None = None
+            workload = None
+            for bit, path_test, matches, selects in self._scopes:
+                if not allowed & bit:
+                    continue
+                if path_test is not None:
+                    if path is None:
+                        path = request.path_only
+                    if not path_test(path):
+                        continue
+                elif matches is not None and not matches(request):
+                    continue
+                if selects is not None:
+                    if workload is None:
+                        workload = http.workload
+                    if not selects(workload):
+                        continue
+                mask |= bit
         key = (mask, allowed)
         plan = self._plans.get(key)
         if plan is None:

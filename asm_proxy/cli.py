@@ -35,11 +35,11 @@ def _validate(paths: list[str]) -> int:
     return status
 
 
-def _serve(config: str, listen: str | None) -> int:
-    from asm_proxy.server import serve
+def _serve(config: str, listen: str | None, workers: int | None) -> int:
+    from asm_proxy.supervisor import supervise
 
     try:
-        asyncio.run(serve(config, listen))
+        asyncio.run(supervise(config, listen, workers))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -48,6 +48,13 @@ def _serve(config: str, listen: str | None) -> int:
         print(f"asm-proxy: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 def _plugins() -> int:
@@ -66,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="serve ext_proc, ext_authz and health over gRPC")
     p_serve.add_argument("--config", "-c", required=True, help="the YAML config file")
     p_serve.add_argument("--listen", help="HOST:PORT or unix:/path (overrides the file)")
+    p_serve.add_argument(
+        "--workers",
+        type=_positive,
+        help="worker processes (overrides the file; default: one per core). With a Unix "
+        "socket and more than one worker, worker i listens on PATH.i",
+    )
     p_validate = sub.add_parser("validate", help="check config files; exit 1 if any is bad")
     p_validate.add_argument("files", nargs="+")
     p_demo = sub.add_parser("demo", help="run Envoy + asm-proxy + an echo upstream locally")
@@ -80,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return _plugins()
     _setup_logging()
     if args.command == "serve":
-        return _serve(args.config, args.listen)
+        return _serve(args.config, args.listen, args.workers)
     if args.command == "demo":
         from asm_proxy.demo import run_demo
 

@@ -74,8 +74,26 @@ def header_map_of(pairs: Iterable[tuple[str, str]]) -> Any:
     )
 
 
+#: HeaderMutations already built, by the operations they carry: most plugins set the same
+#: headers to the same values on every request. Callers copy them into their reply.
+_MUTATIONS: dict[tuple[tuple[str, tuple[HeaderOp, ...]], ...], Any] = {}
+_MUTATIONS_MAX = 1024
+
+
 def header_mutation(ops: Mapping[str, list[HeaderOp]]) -> Any:
-    """The smallest HeaderMutation with the effect of the recorded operations."""
+    """The smallest HeaderMutation with the effect of the recorded operations (shared:
+    copy it, do not change it)."""
+    key = tuple([(name, tuple(name_ops)) for name, name_ops in ops.items()])
+    mutation = _MUTATIONS.get(key)
+    if mutation is None:
+        mutation = _build_header_mutation(ops)
+        if len(_MUTATIONS) >= _MUTATIONS_MAX:
+            _MUTATIONS.clear()
+        _MUTATIONS[key] = mutation
+    return mutation
+
+
+def _build_header_mutation(ops: Mapping[str, list[HeaderOp]]) -> Any:
     mutation = ext_proc.HeaderMutation()
     set_headers = mutation.set_headers
     remove = mutation.remove_headers

@@ -240,6 +240,16 @@ class ServerSettings(Model):
     #: Largest gRPC message accepted or sent (a BUFFERED body travels in one message).
     max_message_bytes: int = 64 * 1024 * 1024
     log_level: str = "info"
+    #: Worker processes serving gRPC (0: one per core). `serve --workers` overrides it.
+    workers: int = 0
+    #: On SIGTERM: how long health says NOT_SERVING while streams are still accepted (so
+    #: Envoy stops sending), then how long streams in flight get to finish.
+    drain_delay: Duration = 1.0
+    drain_timeout: Duration = 20.0
+    #: Processes of each worker's offload pool (0: none, everything inline), and the size
+    #: from which `offload()` sends work there (measured, see docs/PERFORMANCE.md).
+    offload_processes: int = 1
+    offload_threshold: int = 16 * 1024
 
     @field_validator("listen")
     @classmethod
@@ -260,6 +270,20 @@ class ServerSettings(Model):
     def _deadline(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("deadline must be greater than zero")
+        return value
+
+    @field_validator("workers", "offload_processes", "offload_threshold")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("drain_delay", "drain_timeout")
+    @classmethod
+    def _drain(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must not be negative")
         return value
 
     @field_validator("log_level")

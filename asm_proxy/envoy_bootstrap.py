@@ -120,7 +120,8 @@ class Route:
 class Setup:
     """Everything one Envoy needs: asm-proxy's address, upstreams, filters, routes, log."""
 
-    asm_proxy: str  # "127.0.0.1:PORT" or "unix:/path"
+    #: "127.0.0.1:PORT" or "unix:/path"; a list for one endpoint per worker (Unix sockets).
+    asm_proxy: str | list[str]
     clusters: dict[str, int]  # name -> port on 127.0.0.1
     routes: list[Route]
     ext_proc: ExtProc | None = field(default_factory=ExtProc)
@@ -130,14 +131,26 @@ class Setup:
     listen_port: int = 0
     node_metadata: dict[str, Any] = field(default_factory=dict)
     node_id: str = "asm-proxy-test"
+    #: Streams Envoy puts on one HTTP/2 connection to asm-proxy before it opens another
+    #: (None: Envoy's default, effectively one connection per Envoy worker thread). On TCP the
+    #: kernel spreads asm-proxy's workers by connection, so this is what spreads the streams.
+    asm_proxy_max_streams: int | None = None
 
 
-def _cluster(name: str, address: dict[str, Any], http2: bool = False) -> dict[str, Any]:
+def _cluster(
+    name: str,
+    address: dict[str, Any] | list[dict[str, Any]],
+    http2: bool = False,
+    max_streams: int | None = None,
+) -> dict[str, Any]:
     protocol: dict[str, Any] = (
         {"http2_protocol_options": {}}
         if http2
         else {"http_protocol_options": {"enable_trailers": True}}
     )
+    if max_streams is not None:
+        protocol["http2_protocol_options"]["max_concurrent_streams"] = max_streams
+    addresses = address if isinstance(address, list) else [address]
     return {
         "name": name,
         "type": "STATIC",
@@ -150,7 +163,7 @@ def _cluster(name: str, address: dict[str, Any], http2: bool = False) -> dict[st
         },
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": a}} for a in addresses]}],
         },
     }
 
@@ -218,7 +231,15 @@ def bootstrap(setup: Setup) -> dict[str, Any]:
                 },
             }
         ]
-    clusters = [_cluster(ASM_PROXY_CLUSTER, _address(setup.asm_proxy), http2=True)]
+    targets = setup.asm_proxy if isinstance(setup.asm_proxy, list) else [setup.asm_proxy]
+    clusters = [
+        _cluster(
+            ASM_PROXY_CLUSTER,
+            [_address(t) for t in targets],
+            http2=True,
+            max_streams=setup.asm_proxy_max_streams,
+        )
+    ]
     clusters += [
         _cluster(name, _address(f"127.0.0.1:{port}")) for name, port in setup.clusters.items()
     ]

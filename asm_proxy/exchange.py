@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from asm_proxy.body import Body
-from asm_proxy.headers import Headers
+from asm_proxy.headers import HeaderOp, Headers
 from asm_proxy.identity import UNKNOWN, Workload
 from asm_proxy.undo import UndoLog
 
@@ -26,18 +26,67 @@ ROUTING_HEADERS = frozenset({":authority", ":path", "host", ":method", ":scheme"
 class Message:
     """One direction of the exchange: headers, body and trailers."""
 
-    __slots__ = ("body", "headers", "trailers")
+    __slots__ = ("_body", "_headers", "_raw_headers", "_trailers", "_undo")
 
     def __init__(self, undo: UndoLog, headers: Headers | None = None) -> None:
-        self.headers = headers if headers is not None else Headers(undo=undo)
-        self.body = Body(undo)
-        self.trailers = Headers(undo=undo)
+        self._undo = undo
+        self._headers = headers
+        self._raw_headers: Any = None
+        self._body: Body | None = None
+        self._trailers: Headers | None = None
+
+    @property
+    def body(self) -> Body:
+        body = self._body
+        if body is None:
+            body = self._body = Body(self._undo)
+        return body
+
+    @property
+    def trailers(self) -> Headers:
+        trailers = self._trailers
+        if trailers is None:
+            trailers = self._trailers = Headers(undo=self._undo)
+        return trailers
+
+    @trailers.setter
+    def trailers(self, value: Headers) -> None:
+        self._trailers = value
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            # Decoded on first read: a phase no plugin looks at costs no decoding.
+            raw, self._raw_headers = self._raw_headers, None
+            undo = self._undo
+            headers = Headers(undo=undo) if raw is None else Headers._lazy(raw, undo)
+            self._headers = headers
+        return headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers, self._raw_headers = value, None
+
+    def _receive_headers(self, header_map: Any) -> None:
+        """Take Envoy's HeaderMap as this message's headers (decoded when first read)."""
+        self._headers, self._raw_headers = None, header_map
+
+    def _take_header_ops(self) -> dict[str, list[HeaderOp]]:
+        """The header changes recorded since the last call (none if nobody read them)."""
+        headers = self._headers
+        return headers.take_ops() if headers is not None else {}
 
 
 class Request(Message):
     """The request as Envoy has it now, including changes made by earlier plugins."""
 
-    __slots__ = ()
+    __slots__ = ("_path_of", "_path_only")
+
+    def __init__(self, undo: UndoLog, headers: Headers | None = None) -> None:
+        super().__init__(undo, headers)
+        self._path_of: str | None = None
+        self._path_only = ""
 
     @property
     def method(self) -> str:
@@ -56,8 +105,11 @@ class Request(Message):
     def path_only(self) -> str:
         """:path without its query string."""
         path = self.path
+        if path is self._path_of:  # every plugin's match asks: cut the query once
+            return self._path_only
         cut = path.find("?")
-        return path if cut < 0 else path[:cut]
+        self._path_of, self._path_only = path, path if cut < 0 else path[:cut]
+        return self._path_only
 
     @property
     def query(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from asm_proxy.undo import UndoLog
 
@@ -53,7 +54,7 @@ class Headers:
     """Header multimap: `get`/`get_all`/`in` to read; `set`/`append`/`add_if_absent`/`remove`
     to change. Reads see every earlier change, including other plugins' changes."""
 
-    __slots__ = ("_map", "_ops", "_undo")
+    __slots__ = ("_m", "_ops", "_pending", "_raw", "_undo")
 
     def __init__(
         self,
@@ -61,10 +62,12 @@ class Headers:
         *,
         undo: UndoLog | None = None,
     ) -> None:
-        self._map: dict[str, list[str]] = {}
+        m: dict[str, list[str]] = {}
+        self._m: dict[str, list[str]] | None = m
+        self._raw: Any = None
+        self._pending: dict[str, list[str]] | None = None
         self._ops: dict[str, list[HeaderOp]] = {}
         self._undo = undo
-        m = self._map
         for key, value in items:
             values = m.get(key)
             if values is None:
@@ -76,21 +79,56 @@ class Headers:
     def _adopt(cls, mapping: dict[str, list[str]], undo: UndoLog | None) -> Headers:
         """Wrap an already-built {lower-case name: values} dict without copying it."""
         self = cls.__new__(cls)
-        self._map = mapping
+        self._m = mapping
+        self._raw = None
+        self._pending = None
         self._ops = {}
         self._undo = undo
         return self
+
+    @classmethod
+    def _lazy(cls, header_map: Any, undo: UndoLog | None) -> Headers:
+        """Wrap Envoy's HeaderMap, decoded on the first read: a plugin that only sets
+        headers never pays for decoding the others."""
+        self = cls.__new__(cls)
+        self._m = None
+        self._raw = header_map
+        self._pending = None
+        self._ops = {}
+        self._undo = undo
+        return self
+
+    @property
+    def _map(self) -> dict[str, list[str]]:
+        m = self._m
+        if m is None:
+            from asm_proxy.codec import decode_header_map
+
+            m = decode_header_map(self._raw)
+            if self._pending:
+                for key, values in self._pending.items():
+                    m[key] = values
+            self._m, self._pending = m, None
+        return m
+
+    def _raw_values(self, key: str) -> list[str] | None:
+        """`key`'s values as Envoy sent them (to undo a change made before decoding)."""
+        from asm_proxy.codec import decode_header_map
+
+        return decode_header_map(self._raw).get(key) if self._raw is not None else None
 
     # -- reading ---------------------------------------------------------------
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of `name`, or `default`."""
-        values = self._map.get(name) or self._map.get(name.lower())
+        m = self._m if self._m is not None else self._map
+        values = m.get(name) or m.get(name.lower())
         return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """Every value of `name`, in order (a copy)."""
-        values = self._map.get(name) or self._map.get(name.lower())
+        m = self._map
+        values = m.get(name) or m.get(name.lower())
         return list(values) if values else []
 
     def __getitem__(self, name: str) -> str:
@@ -102,7 +140,8 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        return name in self._map or name.lower() in self._map
+        m = self._map
+        return name in m or name.lower() in m
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._map))
@@ -138,8 +177,12 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every value of `name` with `value`."""
         key = _check_name(name)
-        self._save(key)
-        self._map[key] = [_check_value(key, value)]
+        _check_value(key, value)
+        if self._m is None:
+            self._set_undecoded(key, [value])
+        else:
+            self._save(key)
+            self._m[key] = [value]
         self._ops[key] = [(HeaderAction.SET, value)]
 
     __setitem__ = set
@@ -151,8 +194,11 @@ class Headers:
         if not new:
             self.remove(key)
             return
-        self._save(key)
-        self._map[key] = new
+        if self._m is None:
+            self._set_undecoded(key, new)
+        else:
+            self._save(key)
+            self._m[key] = new
         ops: list[HeaderOp] = [(HeaderAction.SET, new[0])]
         ops.extend((HeaderAction.APPEND, v) for v in new[1:])
         self._ops[key] = ops
@@ -219,6 +265,39 @@ class Headers:
         if ops:
             self._ops = {}
         return ops
+
+    def _set_undecoded(self, key: str, values: list[str]) -> None:
+        """Replace `key`'s values before anything was decoded: kept aside, applied when the
+        map is decoded."""
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = {}
+        undo = self._undo
+        if undo is not None:
+            old_values = pending.get(key)
+            old_ops = self._ops.get(key)
+            old_ops = list(old_ops) if old_ops is not None else None
+
+            def restore() -> None:
+                if self._m is None:
+                    assert self._pending is not None
+                    if old_values is None:
+                        self._pending.pop(key, None)
+                    else:
+                        self._pending[key] = old_values
+                else:  # decoded since: put back what was there before
+                    before = old_values if old_values is not None else self._raw_values(key)
+                    if before is None:
+                        self._m.pop(key, None)
+                    else:
+                        self._m[key] = before
+                if old_ops is None:
+                    self._ops.pop(key, None)
+                else:
+                    self._ops[key] = old_ops
+
+            undo.record(restore)
+        pending[key] = values
 
     def _save(self, key: str) -> None:
         undo = self._undo

@@ -111,7 +111,12 @@ def build_chain(parsed: ParsedFile) -> Chain:
 
 def load(path: str | Path) -> Loaded:
     """Parse, validate and build; raises ConfigError listing every problem."""
-    parsed = parse_file(path)
+    return load_text(path, None)
+
+
+def load_text(path: str | Path, text: str | None) -> Loaded:
+    """`load`, with the file's content given (None: read it); problems name `path`."""
+    parsed = parse_file(path, text)
     chain = build_chain(parsed)
     assert parsed.settings is not None  # build_chain raised otherwise
     return Loaded(settings=parsed.settings, chain=chain)

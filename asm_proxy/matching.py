@@ -24,6 +24,18 @@ def _always(_: object) -> bool:
 
 def compile_string(m: StringMatch | HeaderMatch) -> StrPredicate:
     ignore_case = getattr(m, "ignore_case", False)
+    if not ignore_case:  # the common case, without a case-folding call per test
+        if m.exact is not None:
+            exact_value = m.exact
+            return lambda s: s == exact_value
+        if m.prefix is not None:
+            prefix = m.prefix
+            return lambda s: s.startswith(prefix)
+        if m.suffix is not None:
+            suffix = m.suffix
+            return lambda s: s.endswith(suffix)
+        if m.contains is not None:
+            return _contains(m.contains)
     fold: Callable[[str], str] = str.lower if ignore_case else (lambda s: s)
     if m.exact is not None:
         exact = fold(m.exact)
@@ -41,6 +53,10 @@ def compile_string(m: StringMatch | HeaderMatch) -> StrPredicate:
         pattern = re.compile(m.regex, re.IGNORECASE if ignore_case else 0)
         return lambda s: pattern.fullmatch(s) is not None
     return _always
+
+
+def _contains(part: str) -> StrPredicate:
+    return lambda s: part in s
 
 
 def compile_host(pattern: str) -> Callable[[str], bool]:
@@ -91,10 +107,18 @@ def compile_rule(rule: MatchRule) -> RequestPredicate:
         checks.append(lambda req: req.method in methods)
     if rule.hosts:
         hosts = [compile_host(h) for h in rule.hosts]
-        checks.append(lambda req: any(h(req.authority) for h in hosts))
+        if len(hosts) == 1:
+            host = hosts[0]
+            checks.append(lambda req: host(req.authority))
+        else:
+            checks.append(lambda req: any(h(req.authority) for h in hosts))
     if rule.paths:
         paths = [compile_string(p) for p in rule.paths]
-        checks.append(lambda req: any(p(req.path_only) for p in paths))
+        if len(paths) == 1:
+            path = paths[0]
+            checks.append(lambda req: path(req.path_only))
+        else:
+            checks.append(lambda req: any(p(req.path_only) for p in paths))
     checks.extend(compile_header(h) for h in rule.headers)
     if not checks:
         return _always
@@ -103,10 +127,46 @@ def compile_rule(rule: MatchRule) -> RequestPredicate:
     return lambda req: all(check(req) for check in checks)
 
 
+class PathMatch:
+    """A `match` that looks at nothing but the path: the chain computes the path once per
+    exchange and calls `test(path)` for each such plugin. Prefixes are tested in one
+    `str.startswith(tuple)` call, exact paths with one set lookup."""
+
+    __slots__ = ("test",)
+
+    def __init__(self, matches: Sequence[StringMatch]) -> None:
+        prefixes = tuple(m.prefix for m in matches if m.prefix is not None and not m.ignore_case)
+        exacts = frozenset(m.exact for m in matches if m.exact is not None and not m.ignore_case)
+        others = [
+            compile_string(m)
+            for m in matches
+            if not ((m.prefix is not None or m.exact is not None) and not m.ignore_case)
+        ]
+        if not others and not exacts:
+            self.test: StrPredicate = lambda path: path.startswith(prefixes)
+        elif not others and not prefixes:
+            self.test = exacts.__contains__
+        else:
+
+            def test(path: str) -> bool:
+                return (
+                    path in exacts
+                    or (bool(prefixes) and path.startswith(prefixes))
+                    or any(other(path) for other in others)
+                )
+
+            self.test = test
+
+    def __call__(self, req: Request) -> bool:
+        return self.test(req.path_only)
+
+
 def compile_match(rules: Sequence[MatchRule]) -> RequestPredicate | None:
     """None when there is no condition (the plugin applies to every request)."""
     if not rules:
         return None
+    if all(r.paths and not (r.methods or r.hosts or r.headers) for r in rules):
+        return PathMatch([p for r in rules for p in r.paths])
     compiled = [compile_rule(r) for r in rules]
     if len(compiled) == 1:
         return compiled[0]

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from asm_proxy import offload
 from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings
-from asm_proxy.loader import Loaded, load
+from asm_proxy.loader import Loaded, load, load_text
 from asm_proxy.protos import auth_grpc, ext_proc_grpc
 from asm_proxy.reload import ConfigWatcher
 from asm_proxy.stats import counters
@@ -53,6 +54,27 @@ class ServerState:
         task.add_done_callback(self._closing.discard)
 
 
+class _ResetAfterLastAnswer(logging.Filter):
+    """grpc.aio logs an error with a traceback when a stream's final status cannot be sent
+    because the client has already reset the stream. asm-proxy ends a stream right after
+    its last answer, and Envoy may reset it as soon as it has that answer: expected and
+    harmless, so counted instead of logged."""
+
+    PREFIX = f"ExecuteBatchError raised in core by servicer method [/{EXT_PROC_SERVICE}/"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.PREFIX):
+            counters.streams_reset_before_status += 1
+            return False
+        return True
+
+
+def _quiet_grpc_resets() -> None:
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _ResetAfterLastAnswer) for f in grpc_log.filters):
+        grpc_log.addFilter(_ResetAfterLastAnswer())
+
+
 class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, state: ServerState) -> None:
         self._state = state
@@ -77,6 +99,9 @@ class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # typ
                         await write(item)
                 else:
                     await write(reply)
+                if stream.closing:
+                    counters.streams_closed_early += 1
+                    return  # nothing more is needed: end the stream (status OK)
         except ProtocolError as exc:
             counters.streams_aborted += 1
             log.info("ext_proc stream ended: %s", exc.message)
@@ -94,12 +119,13 @@ class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # typ
             chain.release()
 
 
-def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+def grpc_options(settings: ServerSettings, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        # One process owns its port: a second server on it must fail, not share silently.
-        ("grpc.so_reuseport", 0),
+        # A lone server owns its port: a second server on it must fail, not share silently.
+        # Workers share theirs on purpose; the supervisor checks the port is free first.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         # Envoy keeps its gRPC connection open between requests; let it ping an idle one.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -111,17 +137,41 @@ def _prepare_unix_socket(address: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.stat(path).st_mode):
+            if unix_socket_in_use(path):
+                raise OSError(f"cannot listen on {address}: another server is serving on it")
             path.unlink()  # left by a previous run; binding would fail
+
+
+def unix_socket_in_use(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket at `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 class Server:
     """asm-proxy's gRPC server; `await start()`, then `await stop()`."""
 
     def __init__(
-        self, loaded: Loaded, *, config_path: str | os.PathLike[str] | None = None
+        self,
+        loaded: Loaded,
+        *,
+        config_path: str | os.PathLike[str] | None = None,
+        reuse_port: bool = False,
+        watch: bool = True,
+        quiet: bool = False,
     ) -> None:
         self.state = ServerState(loaded.settings, loaded.chain)
         self.config_path = Path(config_path) if config_path is not None else None
+        self.reuse_port = reuse_port
+        self.watch = watch  # False: reloads come from outside (the supervisor)
+        self._info = log.debug if quiet else log.info  # a worker: the supervisor tells
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._watcher: ConfigWatcher | None = None
@@ -139,8 +189,10 @@ class Server:
 
     async def start(self, listen: str | None = None) -> None:
         address = listen or self.settings.listen
+        offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
+        _quiet_grpc_resets()
         await self.state.chain.start()
-        server = grpc.aio.server(options=grpc_options(self.settings))
+        server = grpc.aio.server(options=grpc_options(self.settings, reuse_port=self.reuse_port))
         ext_proc_grpc.add_ExternalProcessorServicer_to_server(
             ExternalProcessorServicer(self.state), server
         )
@@ -162,24 +214,25 @@ class Server:
         )
         for service in ("", EXT_PROC_SERVICE, AUTHZ_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        if self.config_path is not None and self.settings.reload_interval > 0:
+        if self.watch and self.config_path is not None and self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
                 self.config_path, self.settings.reload_interval, self.reload
             )
             self._watch_task = asyncio.get_running_loop().create_task(self._watcher.run())
-        log.info(
+        self._info(
             "asm-proxy serving on %s with %d plugin(s): %s",
             self.address,
             len(self.chain.entries),
             ", ".join(e.name for e in self.chain.entries) or "none",
         )
 
-    async def reload(self) -> bool:
-        """Load the config file again; on any problem keep the running chain."""
+    async def reload(self, text: str | None = None) -> bool:
+        """Load the config file again (or `text`, as if it were the file's content); on any
+        problem keep the running chain."""
         if self.config_path is None:
             return False
         try:
-            loaded = load(self.config_path)
+            loaded = load(self.config_path) if text is None else load_text(self.config_path, text)
         except ConfigError as exc:
             counters.config_reload_failures += 1
             log.error(
@@ -198,8 +251,9 @@ class Server:
         if loaded.settings.listen != self.settings.listen:
             log.warning("listen changed to %s; it takes effect on restart", loaded.settings.listen)
         self.state.install(loaded.settings, loaded.chain)
+        offload.configure(loaded.settings.offload_processes, loaded.settings.offload_threshold)
         counters.config_reloads += 1
-        log.info(
+        self._info(
             "config %s reloaded: %s",
             self.config_path,
             ", ".join(e.name for e in loaded.chain.entries) or "no plugins",
@@ -210,6 +264,20 @@ class Server:
         if self._watcher is not None:
             self._watcher.poke()
 
+    async def drain(self, delay: float, grace: float) -> None:
+        """Health says NOT_SERVING at once; streams are still accepted for `delay` seconds
+        (Envoy's health checks or endpoint updates need that long to stop sending), then new
+        streams are refused and those in flight get `grace` seconds to finish."""
+        await self.health.enter_graceful_shutdown()
+        log.info(
+            "draining: NOT_SERVING; refusing new streams in %.1fs; %d in flight",
+            delay,
+            self.chain.in_flight,
+        )
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self.stop(grace)
+
     async def stop(self, grace: float | None = 5.0) -> None:
         if self._watch_task is not None:
             self._watch_task.cancel()
@@ -219,6 +287,7 @@ class Server:
         if self._server is not None:
             await self._server.stop(grace)
         await self.state.chain.close()
+        await offload.close_pool()
         if self.address.startswith("unix:"):
             with contextlib.suppress(OSError):
                 os.unlink(self.address[len("unix:") :])
@@ -226,19 +295,3 @@ class Server:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
-
-
-async def serve(config_path: str, listen: str | None = None) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP checks the config file at once."""
-    loaded = load(config_path)
-    logging.getLogger().setLevel(loaded.settings.log_level.upper())
-    server = Server(loaded, config_path=config_path)
-    await server.start(listen)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.poke_reload)
-    await stop.wait()
-    log.info("shutting down")
-    await server.stop()

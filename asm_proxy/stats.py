@@ -15,6 +15,8 @@ class Counters:
     streams_started: int = 0
     streams_finished: int = 0
     streams_aborted: int = 0  # ended by a protocol error (gRPC status sent)
+    streams_closed_early: int = 0  # ended by asm-proxy once the chain needed nothing more
+    streams_reset_before_status: int = 0  # Envoy reset one before its final status went out
     messages: int = 0
     responses: int = 0
     mode_overrides: int = 0
@@ -26,6 +28,10 @@ class Counters:
     fail_close: int = 0
     body_bytes_joined: int = 0  # bytes copied to join chunks into one body
     bodies_replaced: int = 0
+    body_bytes_sent: int = 0  # body bytes sent back to Envoy (replacements, held chunks)
+    offloaded_calls: int = 0
+    offload_bytes_in: int = 0  # copied into shared memory for the offload pool
+    offload_bytes_out: int = 0  # copied out of shared memory from the offload pool
     authz_checks: int = 0
     authz_denied: int = 0
     config_reloads: int = 0

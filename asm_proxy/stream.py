@@ -47,6 +47,7 @@ SEND: int = HeaderSendMode.SEND
 SKIP: int = HeaderSendMode.SKIP
 
 ONE_SHOT = (BUFFERED, BUFFERED_PARTIAL)
+NO_BODY = BodyAccess.NONE
 
 # Stages of one direction.
 _NOTHING, _HEADERS, _BODY, _TRAILERS = 0, 1, 2, 3
@@ -135,6 +136,7 @@ class Stream:
     __slots__ = (
         "_loop",
         "chain",
+        "closing",
         "finished",
         "http",
         "observability",
@@ -159,6 +161,9 @@ class Stream:
         self.static_request_mode: int = NONE
         self.static_response_mode: int = NONE
         self.finished = False  # an immediate response was sent
+        #: The reply just returned is the last this exchange needs: the server may end the
+        #: stream cleanly after sending it, and Envoy carries on without asking again.
+        self.closing = False
         self._loop = asyncio.get_running_loop()
 
     # -- entry point -------------------------------------------------------------------
@@ -201,10 +206,9 @@ class Stream:
             self.overrides = False
         self.request.mode = self.static_request_mode
         self.response.mode = self.static_response_mode
-        headers = None
+        http = Http()
         if kind == "request_headers":
-            headers = Headers._adopt(codec.decode_header_map(msg.request_headers.headers), None)
-        http = Http(headers)
+            http.request._receive_headers(msg.request_headers.headers)
         self.http = http
         return http
 
@@ -227,11 +231,7 @@ class Stream:
             )
         d.stage = _HEADERS
         if self.plan is not None:  # the stream began with another message; take these in
-            http.request.headers = Headers._adopt(
-                codec.decode_header_map(msg.request_headers.headers), http.undo
-            )
-        else:
-            http.request.headers._undo = http.undo
+            http.request._receive_headers(msg.request_headers.headers)
         plan = self._select(http)
         return await self._headers(
             "request_headers", d, http.request, plan, msg.request_headers.end_of_stream, deadline
@@ -247,10 +247,16 @@ class Stream:
                 f"response_headers received after response {_STAGE_NAMES[d.stage]} on this stream",
             )
         d.stage = _HEADERS
-        http.response.headers = Headers._adopt(
-            codec.decode_header_map(msg.response_headers.headers), http.undo
-        )
+        headers = msg.response_headers
+        http.response._receive_headers(headers.headers)
         plan = self._select(http)
+        if not plan.needs.response_headers and not http._done:
+            # No plugin of this exchange has a response hook: nothing to run or change.
+            if headers.end_of_stream:
+                d.eos = True
+                http.response.body.complete = True
+            counters.responses += 1
+            return _CONTINUE["response_headers"]
         return await self._headers(
             "response_headers", d, http.response, plan, msg.response_headers.end_of_stream, deadline
         )
@@ -285,7 +291,9 @@ class Stream:
             return _CONTINUE[kind]
 
         mode_key = self._mode_override(plan, kind)
-        ops = message.headers.take_ops()
+        if mode_key is not None:
+            self.closing = self._nothing_more(plan, kind)
+        ops = message._take_header_ops()
         metadata = http.take_metadata()
         route = http.take_route_cache()
         replaced = message.body.replacement if end_of_stream else None
@@ -310,6 +318,7 @@ class Stream:
             common.status = ext_proc.CommonResponse.CONTINUE_AND_REPLACE
             common.body_mutation.body = replaced
             counters.bodies_replaced += 1
+            counters.body_bytes_sent += len(replaced)
         if mode_key is not None:
             reply.mode_override.CopyFrom(_mode_message(mode_key))
         if metadata:
@@ -345,6 +354,21 @@ class Stream:
         counters.mode_overrides += 1
         return (request_body, request_trailers, response_headers, response_body, response_trailers)
 
+    def _nothing_more(self, plan: Plan, kind: str) -> bool:
+        """Whether, after answering `kind` (a headers message), no plugin needs anything
+        more of this exchange. Ending the stream then spares Envoy and the server the rest
+        of it (the protocol: a stream the server closes cleanly, Envoy carries on without)."""
+        if FULL_DUPLEX in (self.static_request_mode, self.static_response_mode):
+            return False  # chunks may be held or in flight; let Envoy end the stream
+        http = self.http
+        assert http is not None
+        needs = plan.needs_now(http)
+        if not self.request.eos and (needs.request_body is not NO_BODY or needs.request_trailers):
+            return False
+        if kind == "request_headers" and needs.response_headers:
+            return False
+        return needs.response_body is NO_BODY and not needs.response_trailers
+
     def _common(self, common: Any, kind: str, ops: dict[str, Any], route: bool) -> None:
         if ops:
             common.header_mutation.CopyFrom(codec.header_mutation(ops))
@@ -372,6 +396,7 @@ class Stream:
         http = self.http
         assert http is not None
         self.finished = True
+        self.closing = not self.observability
         counters.immediate_responses += 1
         counters.responses += 1
         reply = ProcessingResponse(immediate_response=codec.immediate_response(respond))
@@ -465,7 +490,7 @@ class Stream:
             # Envoy holds the headers in BUFFERED mode and checks content-length against the
             # new body, so it must be set in this same response.
             message.headers.set("content-length", str(len(replaced)))
-        return self._body_reply(kind, message.headers, replaced)
+        return self._body_reply(kind, message, replaced)
 
     async def _body_streamed(
         self,
@@ -490,7 +515,7 @@ class Stream:
         if outcome is not None:
             return self._immediate(outcome)
         new = chunk.data if chunk is not None and chunk.replaced else None
-        return self._body_reply(kind, message.headers, new)
+        return self._body_reply(kind, message, new)
 
     async def _observe_whole(
         self, d: Direction, body: Body, whole: Any, deadline: float
@@ -559,6 +584,7 @@ class Stream:
     def _streamed_reply(self, kind: str, data: bytes, eos: bool) -> Any:
         """One FULL_DUPLEX_STREAMED body chunk, with any dynamic metadata set so far."""
         counters.responses += 1
+        counters.body_bytes_sent += len(data)
         reply = ProcessingResponse()
         mutation = getattr(reply, kind).response.body_mutation
         mutation.streamed_response.body = data
@@ -568,10 +594,10 @@ class Stream:
         self._attach_metadata(reply)
         return reply
 
-    def _body_reply(self, kind: str, headers: Headers, new_body: bytes | None) -> Any:
+    def _body_reply(self, kind: str, message: Message, new_body: bytes | None) -> Any:
         http = self.http
         assert http is not None
-        ops = headers.take_ops()
+        ops = message._take_header_ops()
         metadata = http.take_metadata()
         route = http.take_route_cache()
         counters.responses += 1
@@ -583,6 +609,7 @@ class Stream:
         self._common(common, kind, ops, route)
         if new_body is not None:
             counters.bodies_replaced += 1
+            counters.body_bytes_sent += len(new_body)
             if new_body:
                 common.body_mutation.body = new_body
             else:

@@ -172,6 +172,9 @@ def test_reload_while_requests_flow(tmp_path: Path, serve) -> None:
     finally:
         traffic.stop()
     assert set(traffic.statuses) == {200}, traffic.statuses
+    give_up = time.monotonic() + 5  # the supervisor logs once every worker has switched
+    while log.read_text().count("reloaded") < 2 and time.monotonic() < give_up:
+        time.sleep(0.05)
     text = log.read_text()
     assert "field 'type': unknown plugin type 'no-such-type'" in text
     assert 'plugin plugins[0] "broken"' in text

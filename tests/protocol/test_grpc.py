@@ -68,15 +68,42 @@ def test_exchange_over_grpc(channel: grpc.Channel) -> None:
 def test_protocol_error_is_a_status_and_the_server_goes_on(channel: grpc.Channel) -> None:
     """Out-of-order messages end that stream with FAILED_PRECONDITION and a message; other
     streams are served as before."""
-    headers = messages.request_headers([(":path", "/")], False)
+    # /body: a body plugin applies, so the stream stays open after the first answer.
+    headers = messages.request_headers([(":path", "/body")], False)
     with pytest.raises(grpc.RpcError) as info:
-        process(channel, [headers, messages.request_headers([(":path", "/")], False)])
+        process(channel, [headers, messages.request_headers([(":path", "/body")], False)])
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "request_headers received after request headers" in info.value.details()
     with pytest.raises(grpc.RpcError) as info:
         process(channel, [ext_proc.ProcessingRequest()])
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert len(process(channel, [messages.request_headers([(":path", "/")], True)])) == 1
+
+
+def test_stream_ends_once_nothing_more_is_needed(channel: grpc.Channel) -> None:
+    """When the chain needs nothing after the request headers, the server answers them and
+    ends the stream with OK: Envoy then carries on without sending the rest."""
+    from asm_proxy.stats import counters
+
+    before = counters.streams_closed_early
+    stub = ext_proc_grpc.ExternalProcessorStub(channel)
+    call = stub.Process(
+        iter([messages.request_headers([(":path", "/x"), (":method", "POST")], False)]),
+        timeout=10,
+    )
+    replies = list(call)
+    assert len(replies) == 1 and call.code() is grpc.StatusCode.OK
+    assert counters.streams_closed_early == before + 1
+    # With a body plugin in the exchange the stream stays open for the body.
+    replies = process(
+        channel,
+        [
+            messages.request_headers([(":path", "/body"), (":method", "POST")], False),
+            messages.request_body(b"abc", True),
+        ],
+    )
+    assert len(replies) == 2
+    assert counters.streams_closed_early == before + 1
 
 
 def test_garbage_bytes(server: ServerThread) -> None:
@@ -161,3 +188,30 @@ def test_authz_denied_repeated_headers_are_joined() -> None:
     )
     headers = [(h.header.key, h.header.value) for h in reply.denied_response.headers]
     assert headers == [("www-authenticate", "Bearer, Basic realm=x")]
+
+
+def test_reset_before_the_final_status_is_counted_not_logged(server: ServerThread) -> None:
+    """Envoy may reset a stream the moment it has asm-proxy's last answer; grpc.aio's error
+    about the status it then cannot send is counted, not logged; other errors still are."""
+    import logging
+
+    from asm_proxy.stats import counters
+
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    before = counters.streams_reset_before_status
+    method = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+    record = grpc_log.makeRecord(
+        grpc_log.name,
+        logging.ERROR,
+        __file__,
+        1,
+        f"ExecuteBatchError raised in core by servicer method [{method}]",
+        (),
+        None,
+    )
+    assert grpc_log.filter(record) is False
+    assert counters.streams_reset_before_status == before + 1
+    other = grpc_log.makeRecord(
+        grpc_log.name, logging.ERROR, __file__, 1, "something else broke", (), None
+    )
+    assert grpc_log.filter(other) is True

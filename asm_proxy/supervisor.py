@@ -1,0 +1,522 @@
+"""The supervisor and its worker processes: one grpc.aio server per core.
+
+Python runs one thread of Python at a time, so asm-proxy scales across cores with
+processes. The supervisor serves no traffic itself. It
+
+- checks the config (the same checks and messages as `asm-proxy validate`) and the address,
+  then starts N workers, each a `Server` on its own event loop;
+- shares the address between them: on TCP every worker binds the same port with
+  SO_REUSEPORT and the kernel spreads *connections* over them (the supervisor first makes
+  sure nothing else listens there, and holds the port while workers come and go); a Unix
+  socket becomes one socket per worker, `PATH.0`, `PATH.1`, ..., which Envoy's cluster lists
+  as endpoints (with one worker the path is used as given);
+- restarts a worker that dies, at once (with a backoff only when it keeps dying);
+- fans config reloads out: it watches the file, checks a new one once, and hands every
+  worker the same text; each swaps atomically, and if any refuses, those that had already
+  swapped are put back, so all keep running the same config;
+- drains on SIGTERM: workers report NOT_SERVING, keep accepting streams for `drainDelay`,
+  then refuse new ones while those in flight get `drainTimeout` to finish. A second signal
+  stops at once.
+
+Workers are fresh interpreters (`python -c ...`), not forks: nothing of the supervisor's
+state (plugin objects built while checking the config, threads, gRPC internals) leaks into
+them. Supervisor and worker talk over a socketpair, one JSON object a line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from asm_proxy.config import ConfigError, ConfigProblem, ServerSettings
+from asm_proxy.loader import load_text
+from asm_proxy.reload import ConfigWatcher
+
+log = logging.getLogger("asm_proxy.supervisor")
+
+#: How long a new worker may take to load its config and start serving.
+START_TIMEOUT = 60.0
+#: A worker that lived at least this long is restarted at once; one that died sooner
+#: (a crash loop) waits, doubling from RESTART_BACKOFF up to RESTART_BACKOFF_MAX.
+STABLE_AFTER = 10.0
+RESTART_BACKOFF = 0.25
+RESTART_BACKOFF_MAX = 5.0
+
+_WORKER_BOOT = "from asm_proxy.worker import main; main()"
+
+
+class WorkerStartError(RuntimeError):
+    """A worker could not start serving (its config, its address, or it died)."""
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_addresses(listen: str, workers: int) -> list[str]:
+    """The address each worker serves on: a TCP address is shared, a Unix socket path gets
+    the worker's index appended (`unix:/run/x.sock` -> `unix:/run/x.sock.0`, ...) unless
+    there is only one worker."""
+    if listen.startswith("unix:") and workers > 1:
+        return [f"{listen}.{i}" for i in range(workers)]
+    return [listen] * workers
+
+
+def _split(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host, int(port)
+
+
+def reserve_tcp_port(listen: str) -> tuple[socket.socket, str]:
+    """Check that nothing listens on `listen` (HOST:PORT, port 0 picks one) and hold the
+    port with a bound, never-listening SO_REUSEPORT socket, so workers can bind it, and
+    rebind it after a restart, while no other program can. Returns (holder, HOST:PORT)."""
+    host, port = _split(listen)
+    bare = host[1:-1] if host.startswith("[") else host
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {listen}: {exc}") from None
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # Without SO_REUSEPORT this bind fails if anything at all listens on the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(sockaddr)
+        port = probe.getsockname()[1]
+    except OSError as exc:
+        raise OSError(f"cannot listen on {listen}: {exc.strerror} (in use?)") from None
+    finally:
+        probe.close()
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((sockaddr[0], port, *sockaddr[2:]))
+    except OSError as exc:
+        holder.close()
+        raise OSError(f"cannot listen on {listen}: {exc.strerror} (in use?)") from None
+    return holder, f"{host}:{port}"
+
+
+def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message).encode() + b"\n")
+
+
+class WorkerHandle:
+    """The supervisor's side of one worker process."""
+
+    def __init__(
+        self,
+        index: int,
+        address: str,
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.index = index
+        self.address = address
+        self.proc = proc
+        self.pid = proc.pid
+        self.reader = reader
+        self.writer = writer
+        self.started_at = 0.0
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader_task: asyncio.Task[None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    def listen(self) -> None:
+        """Start reading the worker's replies (after it said it is ready)."""
+        self._reader_task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                line = await self.reader.readline()
+                if not line:
+                    break
+                message = json.loads(line)
+                future = self._pending.pop(message.get("id", 0), None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except (ConnectionError, ValueError) as exc:
+            log.warning("worker %d: control channel failed: %r", self.index, exc)
+        finally:
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(f"worker {self.index} is gone"))
+        self._pending.clear()
+
+    async def request(self, message: dict[str, Any], wait: float = 30.0) -> dict[str, Any]:
+        """Send `message`, wait for the worker's reply to it."""
+        if not self.alive or self.writer.is_closing():
+            raise ConnectionError(f"worker {self.index} is gone")
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        _send(self.writer, {**message, "id": request_id})
+        await self.writer.drain()
+        return await asyncio.wait_for(future, wait)
+
+    def tell(self, message: dict[str, Any]) -> None:
+        """Send `message` without waiting for a reply (drain, stop)."""
+        if self.alive and not self.writer.is_closing():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                _send(self.writer, message)
+
+    def close(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        self.writer.close()
+
+
+class Supervisor:
+    """Starts, watches, reloads and drains the workers; `await start()`, then
+    `await shutdown()` (or `force()`)."""
+
+    def __init__(
+        self,
+        config_path: str | os.PathLike[str],
+        *,
+        listen: str | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.config_path = Path(config_path)
+        self._listen = listen
+        self._workers = workers
+        self.settings = ServerSettings()
+        self.workers: list[WorkerHandle] = []
+        self.addresses: list[str] = []
+        self.address = ""
+        self.restarts = 0
+        self._text = ""
+        self._holder: socket.socket | None = None
+        self._stopping = False
+        self._watcher: ConfigWatcher | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reload_lock = asyncio.Lock()
+
+    # -- starting ------------------------------------------------------------------
+
+    def _read(self) -> tuple[str, ServerSettings, list[str]]:
+        try:
+            text = self.config_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text: {exc}"
+            raise ConfigError(
+                [ConfigProblem(str(self.config_path), None, None, "", f"cannot read: {reason}")]
+            ) from None
+        loaded = load_text(self.config_path, text)  # raises ConfigError
+        return text, loaded.settings, [e.name for e in loaded.chain.entries]
+
+    async def start(self) -> None:
+        """Check the config and the address, start every worker; raises ConfigError or
+        OSError (nothing left running) if that cannot be done."""
+        self._text, self.settings, names = self._read()
+        listen = self._listen or self.settings.listen
+        count = self._workers or self.settings.workers or default_workers()
+        if listen.startswith("unix:"):
+            self.addresses = worker_addresses(listen, count)
+            self.address = listen
+        else:
+            self._holder, self.address = reserve_tcp_port(listen)
+            self.addresses = worker_addresses(self.address, count)
+        results = await asyncio.gather(
+            *(self._spawn(i) for i in range(count)), return_exceptions=True
+        )
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        for result in results:
+            if isinstance(result, WorkerHandle):
+                self.workers.append(result)
+        if failure is not None:
+            await self._kill_all()
+            self._release()
+            if isinstance(failure, WorkerStartError):
+                raise OSError(str(failure))
+            raise failure
+        for handle in self.workers:
+            self._watch(handle)
+        if self.settings.reload_interval > 0:
+            self._watcher = ConfigWatcher(
+                self.config_path, self.settings.reload_interval, self.reload
+            )
+            self._spawn_task(self._watcher.run())
+        log.info(
+            "asm-proxy serving on %s with %d worker(s) (pids %s) and %d plugin(s): %s",
+            ", ".join(dict.fromkeys(self.addresses)),
+            count,
+            ",".join(str(w.pid) for w in self.workers),
+            len(names),
+            ", ".join(names) or "none",
+        )
+
+    async def _spawn(self, index: int) -> WorkerHandle:
+        address = self.addresses[index]
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        # The worker imports plugins exactly as this process would.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        argv = ["--index", str(index), "--control-fd", str(theirs.fileno()), "--listen", address]
+        if not address.startswith("unix:"):
+            argv.append("--reuse-port")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                _WORKER_BOOT,
+                *argv,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
+                env=env,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        handle = WorkerHandle(index, address, proc, reader, writer)
+        _send(writer, {"op": "start", "path": str(self.config_path), "config": self._text})
+        try:
+            line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
+            message = json.loads(line) if line else {}
+        except (TimeoutError, ValueError, ConnectionError):
+            message = {}
+        if message.get("op") != "ready":
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            handle.close()
+            reason = message.get("error") or f"exited with {proc.returncode} (see its log)"
+            raise WorkerStartError(f"worker {index} on {address} did not start: {reason}")
+        handle.started_at = asyncio.get_running_loop().time()
+        handle.listen()
+        return handle
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- restarting ----------------------------------------------------------------
+
+    def _watch(self, handle: WorkerHandle) -> None:
+        self._spawn_task(self._keep_alive(handle))
+
+    async def _keep_alive(self, handle: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        code = await handle.proc.wait()
+        handle.close()
+        if self._stopping:
+            return
+        died_at = loop.time()
+        lived = died_at - handle.started_at
+        backoff = 0.0 if lived >= STABLE_AFTER else RESTART_BACKOFF
+        log.warning(
+            "worker %d (pid %d) exited with %s after %.1fs; restarting",
+            handle.index,
+            handle.pid,
+            code,
+            lived,
+        )
+        while not self._stopping:
+            if backoff:
+                await asyncio.sleep(backoff)
+            try:
+                new = await self._spawn(handle.index)
+            except WorkerStartError as exc:
+                log.error("%s; trying again", exc)
+                backoff = min(max(backoff * 2, RESTART_BACKOFF), RESTART_BACKOFF_MAX)
+                continue
+            if self.stopping:
+                new.tell({"op": "stop"})
+                return
+            self.workers[handle.index] = new
+            self.restarts += 1
+            log.info(
+                "worker %d restarted as pid %d, serving %.0fms after the old one died",
+                new.index,
+                new.pid,
+                (loop.time() - died_at) * 1000,
+            )
+            self._watch(new)
+            return
+
+    # -- reloading -----------------------------------------------------------------
+
+    def poke_reload(self) -> None:
+        """Check the config file now (SIGHUP)."""
+        if self._watcher is not None:
+            self._watcher.poke()
+        else:
+            self._spawn_task(self.reload())
+
+    async def reload(self) -> bool:
+        """Check the file once; if good, every worker swaps to it (or none does)."""
+        async with self._reload_lock:
+            try:
+                text, settings, names = self._read()
+            except ConfigError as exc:
+                log.error(
+                    "config %s refused; the running chain stays:\n%s",
+                    self.config_path,
+                    "\n".join(f"  {p}" for p in exc.problems),
+                )
+                return False
+            workers = [w for w in self.workers if w.alive]
+            replies = await asyncio.gather(
+                *(w.request({"op": "reload", "config": text}) for w in workers),
+                return_exceptions=True,
+            )
+            swapped = [w for w, r in zip(workers, replies, strict=True) if _ok(r)]
+            if len(swapped) < len(workers):
+                refused = [w.index for w in workers if w not in swapped]
+                log.error(
+                    "config %s refused: worker(s) %s could not start its plugins (see their "
+                    "log); the running chain stays",
+                    self.config_path,
+                    refused,
+                )
+                await asyncio.gather(
+                    *(w.request({"op": "reload", "config": self._text}) for w in swapped),
+                    return_exceptions=True,
+                )
+                return False
+            if settings.listen != self.settings.listen or settings.workers != self.settings.workers:
+                log.warning("listen and workers changes take effect on restart")
+            self._text, self.settings = text, settings
+            log.info(
+                "config %s reloaded in %d worker(s): %s",
+                self.config_path,
+                len(workers),
+                ", ".join(names) or "no plugins",
+            )
+            return True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    # -- looking in ----------------------------------------------------------------
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Each live worker's {index, pid, address, in_flight, counters}."""
+        workers = [w for w in self.workers if w.alive]
+        replies = await asyncio.gather(
+            *(w.request({"op": "stats"}, wait=10) for w in workers), return_exceptions=True
+        )
+        return [r for r in replies if isinstance(r, dict)]
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.workers if w.alive]
+
+    # -- stopping ------------------------------------------------------------------
+
+    async def shutdown(self, delay: float | None = None, grace: float | None = None) -> None:
+        """Drain every worker (see the module doc) and wait for them to exit; whatever is
+        still running `delay + grace + 5` seconds later is killed."""
+        delay = self.settings.drain_delay if delay is None else delay
+        grace = self.settings.drain_timeout if grace is None else grace
+        self._stopping = True
+        self._stop_tasks()
+        log.info(
+            "draining %d worker(s): NOT_SERVING now, new streams refused in %.1fs",
+            len(self.pids),
+            delay,
+        )
+        for handle in self.workers:
+            handle.tell({"op": "drain", "delay": delay, "grace": grace})
+        await self._wait_all(delay + grace + 5.0)
+        self._release()
+
+    async def force(self) -> None:
+        """Stop now: streams in flight are cut; stragglers are killed after 2 seconds."""
+        self._stopping = True
+        self._stop_tasks()
+        for handle in self.workers:
+            handle.tell({"op": "stop"})
+        await self._wait_all(2.0)
+        self._release()
+
+    def _stop_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _wait_all(self, limit: float) -> None:
+        procs = [w.proc for w in self.workers]
+        if not procs:
+            return
+        _, pending = await asyncio.wait(
+            [asyncio.ensure_future(p.wait()) for p in procs], timeout=limit
+        )
+        if pending:
+            log.warning("%d worker(s) did not stop in time; killing them", len(pending))
+            await self._kill_all()
+        for handle in self.workers:
+            handle.close()
+
+    async def _kill_all(self) -> None:
+        for handle in self.workers:
+            if handle.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    handle.proc.kill()
+        for handle in self.workers:
+            await handle.proc.wait()
+
+    def _release(self) -> None:
+        if self._holder is not None:
+            self._holder.close()
+            self._holder = None
+
+
+def _ok(reply: object) -> bool:
+    return isinstance(reply, dict) and bool(reply.get("ok"))
+
+
+async def supervise(
+    config_path: str, listen: str | None = None, workers: int | None = None
+) -> None:
+    """`asm-proxy serve`: run until SIGTERM/SIGINT (drain) or a second one (stop now);
+    SIGHUP checks the config file at once."""
+    supervisor = Supervisor(config_path, listen=listen, workers=workers)
+    await supervisor.start()
+    logging.getLogger().setLevel(supervisor.settings.log_level.upper())
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    forced: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+        elif not forced:
+            log.warning("second signal: stopping now")
+            forced.append(loop.create_task(supervisor.force()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, supervisor.poke_reload)
+    await stop.wait()
+    await supervisor.shutdown()
+    if forced:
+        await forced[0]
+    log.info("stopped")

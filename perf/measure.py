@@ -1,0 +1,142 @@
+"""What a server costs, read from /proc: CPU time over a window, and memory per open stream.
+
+CPU is utime + stime of every process of the server (all workers, and whatever they
+started, such as offload processes), so a multi-process server is charged in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    found = [pid]
+    i = 0
+    while i < len(found):
+        task_dir = Path(f"/proc/{found[i]}/task")
+        try:
+            tasks = list(task_dir.iterdir())
+        except OSError:
+            tasks = []
+        for task in tasks:
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            found += [int(c) for c in children if int(c) not in found]
+        i += 1
+    return found
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """Total user + system CPU of these processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class CpuWindow:
+    """CPU seconds used by a set of processes between `start()` and `stop()`."""
+
+    roots: list[int]
+    _pids: list[int] | None = None
+    _start: float = 0.0
+    seconds: float = 0.0
+
+    def start(self) -> None:
+        self._pids = [p for root in self.roots for p in descendants(root)]
+        self._start = cpu_seconds(self._pids)
+
+    def stop(self) -> float:
+        assert self._pids is not None
+        pids = [p for root in self.roots for p in descendants(root)]
+        # A process that appeared during the window is counted from zero.
+        self.seconds = cpu_seconds(pids) - self._start
+        return self.seconds
+
+
+# --------------------------------------------------------------------------------------
+# Memory per open stream: hold many ext_proc streams open, each past its request headers
+# (as for a request whose body is still coming), and compare the servers' RSS.
+
+
+def _headers_message(i: int) -> object:
+    from asm_proxy.testing import messages
+
+    return messages.request_headers(
+        [
+            (":method", "POST"),
+            (":path", f"/api/items/{i}"),
+            (":authority", "bench.local"),
+            (":scheme", "http"),
+            ("content-type", "application/json"),
+            ("content-length", "1024"),
+            ("user-agent", "wrk"),
+            ("accept", "*/*"),
+            ("x-request-id", f"5f0c6b1e-9a1d-4f43-8d0e-{i:012d}"),
+            ("x-forwarded-proto", "http"),
+        ],
+        end_of_stream=False,
+    )
+
+
+async def _hold_streams(address: str, count: int, roots: list[int]) -> tuple[int, int, int]:
+    import grpc
+
+    from asm_proxy.protos import ext_proc_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ext_proc_grpc.ExternalProcessorStub(channel)
+        pids = [p for root in roots for p in descendants(root)]
+        before = rss_bytes(pids)
+        calls = []
+        try:
+            for i in range(count):
+                call = stub.Process()
+                await call.write(_headers_message(i))
+                calls.append(call)
+            for call in calls:
+                await call.read()  # the headers' answer: the server holds the stream now
+            await asyncio.sleep(0.3)  # streams the server ends after one answer end now
+            held = rss_bytes(pids)
+            still_open = sum(1 for call in calls if not call.done())
+        finally:
+            for call in calls:
+                call.cancel()
+        return before, held, still_open
+
+
+def rss_per_stream(address: str, roots: list[int], count: int) -> float | None:
+    """Bytes of server RSS per open stream: (RSS with `count` more streams open, each past
+    its request headers as for a request whose body or response is still to come, less
+    RSS before) / `count`. Everything the streams made the server allocate counts,
+    allocator growth included. None if the server ends such streams after answering the
+    headers (a chain that needs nothing more): then no stream stays open to weigh."""
+    before, held, still_open = asyncio.run(_hold_streams(address, count, roots))
+    if still_open < count:
+        return None
+    return max(0, held - before) / count
