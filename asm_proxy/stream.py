@@ -82,7 +82,16 @@ def _warn_override_ignored() -> None:
 class Direction:
     """Progress of the request or the response through its messages."""
 
-    __slots__ = ("body_messages", "eos", "held", "mode", "name", "stage", "whole_done")
+    __slots__ = (
+        "assumed",
+        "body_messages",
+        "eos",
+        "held",
+        "mode",
+        "name",
+        "stage",
+        "whole_done",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -92,6 +101,9 @@ class Direction:
         self.body_messages = 0
         self.whole_done = False
         self.held = False  # FULL_DUPLEX: chunks kept back until the body is complete
+        # The mode is what asm-proxy asked for, not what Envoy said it is configured with:
+        # an Envoy that ignores mode_override would send the body in pieces instead.
+        self.assumed = False
 
 
 # Responses that carry nothing but "continue", built once.
@@ -341,12 +353,14 @@ class Stream:
             request_body = _body_mode(needs.request_body, self.static_request_mode)
             if not self.request.eos:
                 self.request.mode = request_body
+                self.request.assumed = request_body != self.static_request_mode
             if needs.request_trailers or request_body == FULL_DUPLEX:
                 request_trailers = SEND
         elif needs.request_trailers or request_body == FULL_DUPLEX:
             request_trailers = SEND
         response_body = _body_mode(needs.response_body, self.static_response_mode)
         self.response.mode = response_body
+        self.response.assumed = response_body != self.static_response_mode
         response_trailers = (
             SEND if needs.response_trailers or response_body == FULL_DUPLEX else SKIP
         )
@@ -473,7 +487,9 @@ class Stream:
         http = self.http
         assert http is not None
         body = message.body
-        body.complete = eos or d.mode == BUFFERED
+        # BUFFERED without end_of_stream means trailers follow, unless the mode is only
+        # assumed: then it may be the first piece of a streamed body. Call it incomplete.
+        body.complete = eos or (d.mode == BUFFERED and not d.assumed)
         chunk, outcome = await self._run_chunk_hooks(kind, plan, data, eos, deadline)
         body.add_chunk(data)
         if chunk is not None and chunk.replaced:
@@ -506,7 +522,7 @@ class Stream:
         assert http is not None
         chunk, outcome = await self._run_chunk_hooks(kind, plan, data, eos, deadline)
         whole = plan.hooks[kind]
-        if outcome is None and whole:
+        if outcome is None and whole and not d.whole_done:
             body = message.body
             body.add_chunk(data)
             if eos:

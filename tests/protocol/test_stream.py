@@ -203,13 +203,28 @@ class TestStreamedBodies:
         assert host.chain.entries[0].plugin.seen == [("request", 4, 2, True)]
 
     def test_override_ignored_is_detected(self) -> None:
-        """Asked for BUFFERED but sent pieces: the stream falls back to streaming."""
+        """Asked for BUFFERED but sent pieces: the first piece is not taken for a complete
+        body (nothing is rewritten), the stream falls back to streaming, and the
+        whole-body hook does not run twice."""
         host = PluginHost(UpperBody, protocol={"request_body_mode": STREAMED})
         step = host.send(messages.request_headers(POST))[0]
         assert mode_of(step)["request_body_mode"] == "BUFFERED"
-        host.send(messages.request_body(b"ab", end_of_stream=False))
+        (first,) = host.send(messages.request_body(b"ab", end_of_stream=False))
         (second,) = host.send(messages.request_body(b"cd", end_of_stream=True))
-        assert second.kind == "request_body"
+        assert (first.body_mutated, second.kind, second.body_mutated) == (
+            False,
+            "request_body",
+            False,
+        )
+        assert host.chain.entries[0].plugin.seen == [("request", 2, 1, False)]
+
+    def test_static_buffered_with_trailers_is_complete(self) -> None:
+        """Envoy configured for BUFFERED: a body without end_of_stream is complete (trailers
+        follow) and can be rewritten."""
+        host = PluginHost(UpperBody, protocol={"request_body_mode": BUFFERED})
+        host.send(messages.request_headers(POST))
+        (step,) = host.send(messages.request_body(b"hello", end_of_stream=False))
+        assert step.body == b"HELLO"
 
 
 class TestFullDuplex:
