@@ -30,6 +30,8 @@ def _validate(paths: list[str]) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             continue
+        for warning in loaded.warnings:
+            print(warning, file=sys.stderr)
         names = ", ".join(f"{e.name} ({e.type_name})" for e in loaded.chain.entries)
         print(f"{path}: ok, {len(loaded.chain.entries)} plugin(s){': ' + names if names else ''}")
     return status

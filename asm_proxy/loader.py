@@ -25,7 +25,7 @@ from asm_proxy.config import (
     problems_from_validation,
 )
 from asm_proxy.matching import compile_match, compile_selector
-from asm_proxy.plugin import Plugin
+from asm_proxy.plugin import FailStrategy, Plugin
 from asm_proxy.registry import UnknownPluginType, resolve
 
 
@@ -33,6 +33,8 @@ from asm_proxy.registry import UnknownPluginType, resolve
 class Loaded:
     settings: ServerSettings
     chain: Chain
+    #: Things that load but are probably not meant (same shape as problems, not fatal).
+    warnings: tuple[ConfigProblem, ...] = ()
 
 
 def _make_plugin(
@@ -109,6 +111,25 @@ def build_chain(parsed: ParsedFile) -> Chain:
     return Chain(entries, source=parsed.path)
 
 
+def warnings_for(parsed: ParsedFile, chain: Chain) -> tuple[ConfigProblem, ...]:
+    """FAIL_OPEN on a plugin that guards access: a failing hook would let requests in."""
+    found = []
+    for entry in chain.entries:
+        if entry.plugin.guards_access and entry.fail_strategy is FailStrategy.FAIL_OPEN:
+            raw_entry = parsed.raw["plugins"][entry.index]
+            found.append(
+                ConfigProblem(
+                    parsed.path,
+                    parsed.lines.line(("plugins", entry.index, "failStrategy")),
+                    describe_plugin(entry.index, raw_entry),
+                    "failStrategy",
+                    f"warning: FAIL_OPEN on plugin type {entry.type_name!r} lets a request through "
+                    "unchecked when its hook fails or overruns; FAIL_CLOSE is the safe choice",
+                )
+            )
+    return tuple(found)
+
+
 def load(path: str | Path) -> Loaded:
     """Parse, validate and build; raises ConfigError listing every problem."""
     return load_text(path, None)
@@ -119,4 +140,4 @@ def load_text(path: str | Path, text: str | None) -> Loaded:
     parsed = parse_file(path, text)
     chain = build_chain(parsed)
     assert parsed.settings is not None  # build_chain raised otherwise
-    return Loaded(settings=parsed.settings, chain=chain)
+    return Loaded(settings=parsed.settings, chain=chain, warnings=warnings_for(parsed, chain))

@@ -112,6 +112,11 @@ class Plugin:
     hooks: frozenset[str] = frozenset()
     async_hooks: frozenset[str] = frozenset()
 
+    #: True for a plugin that decides who gets in (authentication, authorization): a
+    #: failure under FAIL_OPEN lets the request through unchecked, so such an entry draws a
+    #: warning from `validate` and at every load. Not refused: it can be a deliberate choice.
+    guards_access: ClassVar[bool] = False
+
     name: str = ""
     log: logging.Logger = logging.getLogger("asm_proxy.plugin")
 

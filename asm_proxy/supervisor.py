@@ -226,6 +226,8 @@ class Supervisor:
                 [ConfigProblem(str(self.config_path), None, None, "", f"cannot read: {reason}")]
             ) from None
         loaded = load_text(self.config_path, text)  # raises ConfigError
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
         return text, loaded.settings, [e.name for e in loaded.chain.entries]
 
     async def start(self) -> None:

@@ -84,6 +84,7 @@ class AuthPlugin(Plugin):
     """Authentication (JWT / API key / Basic) and simple authorization by rules."""
 
     Config = AuthConfig
+    guards_access = True
 
     def __init__(self, config: AuthConfig) -> None:
         super().__init__(config)

@@ -303,3 +303,26 @@ def test_good_config_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[s
         "rules": [{"match": [{"paths": [{"prefix": "/p"}]}], "anonymous": True}],
     }
     assert validate(tmp_path, config, capsys) == ""
+
+
+def test_fail_open_is_loaded_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FAIL_OPEN on auth loads (it may be meant) but validate says what it costs."""
+    digest = hashlib.sha256(b"key").hexdigest()
+    entry = {
+        "name": "auth",
+        "type": "auth",
+        "phase": "AUTHN",
+        "failStrategy": "FAIL_OPEN",
+        "config": {"apiKeys": {"keys": [{"consumer": "a", "sha256": digest}]}},
+    }
+    headers = {**entry, "name": "tag", "type": "headers", "config": {}}
+    path = tmp_path / "asm-proxy.yaml"
+    path.write_text(yaml.safe_dump({"plugins": [entry, headers]}, sort_keys=False))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "ok, 2 plugin(s)" in out.out
+    (warning,) = out.err.strip().splitlines()
+    assert warning.startswith(f"{path}:5: plugin plugins[0] \"auth\": field 'failStrategy': ")
+    assert "FAIL_OPEN on plugin type 'auth' lets a request through unchecked" in warning
