@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jwt as pyjwt
 from hypothesis import given
 from hypothesis import strategies as st
 
 from asm_proxy.handlers.auth import AuthPlugin
 from asm_proxy.handlers.auth.apikey import parse_key_file
 from asm_proxy.handlers.auth.basic import decode_credentials, parse_htpasswd
+from asm_proxy.handlers.auth.identity import Failure
 from asm_proxy.handlers.auth.jwks import ALL_ALGS, parse_jwks
+from asm_proxy.handlers.auth.jwt import peek
 from asm_proxy.plugin import Phase
 from asm_proxy.testing import PluginHost
 from tests.support.jwks import ISSUER, b64url, claims, jwks, rsa_key
@@ -159,3 +162,38 @@ def test_forged_headers_never_crash(alg: Any, kid: Any) -> None:
     body = b64url(json.dumps(claims()).encode())
     step = host.request_headers({"authorization": f"Bearer {head}.{body}.c2ln"})
     assert step.immediate is not None and step.immediate.status == 401
+
+
+def _pyjwt_peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """What PyJWT itself reads from a token without verifying it (the reference)."""
+    try:
+        header = pyjwt.get_unverified_header(token)
+        payload = pyjwt.decode(token, options={"verify_signature": False})
+    except (pyjwt.PyJWTError, ValueError, TypeError, RecursionError):
+        return None
+    return header, payload
+
+
+base64url_text = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", max_size=30
+)
+segments = (
+    json_values.map(lambda v: b64url(json.dumps(v).encode()))
+    | st.binary(max_size=30).map(b64url)
+    | base64url_text
+)
+
+
+@given(segments, segments, segments | st.text(max_size=5))
+def test_peek_reads_what_pyjwt_reads(head: str, body: str, signature: str) -> None:
+    """peek's own decoding takes and refuses the tokens PyJWT's would, with two deliberate
+    differences: an empty signature is refused at once, and a `kid` of the wrong type is
+    refused later, by Provider.verify (PyJWT refuses it in its header check)."""
+    token = f"{head}.{body}.{signature}"
+    ours = peek(token)
+    reference = _pyjwt_peek(token)
+    if reference is not None:
+        assert ours == reference or (not signature and isinstance(ours, Failure))
+    elif isinstance(ours, tuple):
+        header, _ = ours
+        assert "kid" in header and not isinstance(header["kid"], str)
