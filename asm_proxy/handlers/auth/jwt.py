@@ -59,13 +59,24 @@ MALFORMED = _failure("jwt_malformed", "the token is malformed")
 BAD_SIGNATURE = _failure("jwt_bad_signature", "the token's signature does not verify")
 
 
+def _segment(segment: str) -> bytes | None:
+    """A base64url segment's bytes; None unless it is the canonical encoding of them (as
+    PyJWT requires). The caller has checked the alphabet."""
+    try:
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return data if base64.urlsafe_b64encode(data).rstrip(b"=") == segment.encode() else None
+
+
 def _json_segment(segment: str) -> dict[str, Any] | None:
-    """A base64url JSON object, or None. The caller has checked the alphabet."""
-    if len(segment) % 4 == 1:
+    """A base64url JSON object, or None."""
+    data = _segment(segment)
+    if data is None:
         return None
     try:
-        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError, RecursionError):
+        value = json.loads(data)
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -82,7 +93,7 @@ def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | Failure:
     head, body, signature = token.split(".")
     header = _json_segment(head)
     payload = _json_segment(body)
-    if header is None or payload is None or len(signature) % 4 == 1:
+    if header is None or payload is None or _segment(signature) is None:
         return MALFORMED
     return header, payload
 
