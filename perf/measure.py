@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from perf.load import Shape
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -84,59 +88,83 @@ class CpuWindow:
 # (as for a request whose body is still coming), and compare the servers' RSS.
 
 
-def _headers_message(i: int) -> object:
+def _headers_message(i: int, shape: Shape) -> object:
+    """The request headers Envoy would send for one request of `shape`."""
     from asm_proxy.testing import messages
 
-    return messages.request_headers(
-        [
-            (":method", "POST"),
-            (":path", f"/api/items/{i}"),
-            (":authority", "bench.local"),
-            (":scheme", "http"),
-            ("content-type", "application/json"),
-            ("content-length", "1024"),
-            ("user-agent", "wrk"),
-            ("accept", "*/*"),
-            ("x-request-id", f"5f0c6b1e-9a1d-4f43-8d0e-{i:012d}"),
-            ("x-forwarded-proto", "http"),
-        ],
-        end_of_stream=False,
-    )
+    headers = [
+        (":method", shape.method),
+        (":path", shape.path),
+        (":authority", "bench.local"),
+        (":scheme", "http"),
+        *shape.all_headers(),
+        ("user-agent", "wrk"),
+        ("accept", "*/*"),
+        ("x-request-id", f"5f0c6b1e-9a1d-4f43-8d0e-{i:012d}"),
+        ("x-forwarded-proto", "http"),
+    ]
+    if shape.body_bytes:
+        headers.append(("content-length", str(shape.body_bytes)))
+    return messages.request_headers(headers, end_of_stream=not shape.body_bytes)
 
 
-async def _hold_streams(address: str, count: int, roots: list[int]) -> tuple[int, int, int]:
+WARM_STREAMS = 20
+RSS_STEPS = 4
+
+
+async def _hold_streams(
+    address: str, count: int, roots: list[int], shape: Shape
+) -> tuple[list[tuple[int, int]], int]:
+    """RSS at 0, count/RSS_STEPS, ... count open streams, and how many stayed open."""
     import grpc
 
     from asm_proxy.protos import ext_proc_grpc
 
     async with grpc.aio.insecure_channel(address) as channel:
         stub = ext_proc_grpc.ExternalProcessorStub(channel)
-        pids = [p for root in roots for p in descendants(root)]
-        before = rss_bytes(pids)
-        calls = []
-        try:
-            for i in range(count):
+        calls: list[Any] = []
+
+        async def open_streams(n: int) -> None:
+            fresh = []
+            for i in range(n):
                 call = stub.Process()
-                await call.write(_headers_message(i))
-                calls.append(call)
-            for call in calls:
+                await call.write(_headers_message(len(calls) + i, shape))
+                fresh.append(call)
+            for call in fresh:
                 await call.read()  # the headers' answer: the server holds the stream now
-            await asyncio.sleep(0.3)  # streams the server ends after one answer end now
-            held = rss_bytes(pids)
+            calls.extend(fresh)
+            await asyncio.sleep(0.1)  # streams the server ends after one answer end now
+
+        pids = [p for root in roots for p in descendants(root)]
+        try:
+            # A few streams first, so one-time work (first-use imports, caches, the
+            # channel) is not charged to the measured ones.
+            await open_streams(WARM_STREAMS)
+            for call in calls:
+                call.cancel()
+            calls.clear()
+            await asyncio.sleep(0.1)
+            points = [(0, rss_bytes(pids))]
+            for _ in range(RSS_STEPS):
+                await open_streams(count // RSS_STEPS)
+                points.append((len(calls), rss_bytes(pids)))
             still_open = sum(1 for call in calls if not call.done())
         finally:
             for call in calls:
                 call.cancel()
-        return before, held, still_open
+        return points, still_open
 
 
-def rss_per_stream(address: str, roots: list[int], count: int) -> float | None:
-    """Bytes of server RSS per open stream: (RSS with `count` more streams open, each past
-    its request headers as for a request whose body or response is still to come, less
-    RSS before) / `count`. Everything the streams made the server allocate counts,
-    allocator growth included. None if the server ends such streams after answering the
-    headers (a chain that needs nothing more): then no stream stays open to weigh."""
-    before, held, still_open = asyncio.run(_hold_streams(address, count, roots))
-    if still_open < count:
+def rss_per_stream(address: str, roots: list[int], count: int, shape: Shape) -> float | None:
+    """Bytes of server RSS per open stream: the slope of RSS against the number of open
+    streams, each past the request headers of a `shape` request whose body or response is
+    still to come, measured at RSS_STEPS + 1 points up to `count`. A slope rather than one
+    difference: the allocator grows RSS in steps, so (after - before) / count over few
+    streams (--quick opens 50) moves with where the steps fall. Everything the streams
+    made the server allocate counts. None if the server ends such streams
+    after answering the headers (a chain that needs nothing more): no stream to weigh."""
+    points, still_open = asyncio.run(_hold_streams(address, count, roots, shape))
+    if still_open < points[-1][0]:
         return None
-    return max(0, held - before) / count
+    slope, _ = statistics.linear_regression([n for n, _ in points], [r for _, r in points])
+    return max(0.0, slope)

@@ -136,7 +136,7 @@ COLUMNS = [
 def _cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if value is None:
-        return ""
+        return "n/a" if key == "rss_per_stream_bytes" and "rss_per_stream" in row else ""
     if key == "rss_per_stream_bytes":
         return f"{value / KiB:.1f} KiB"
     if isinstance(value, float):
@@ -205,7 +205,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.barh(names, [r.get("rss_per_stream_bytes", 0) / KiB for r in main], color="#8172b3")
     for i, r in enumerate(main):
         if "rss_per_stream_bytes" not in r:
-            ax.text(0.5, i, "n/a: the stream ends after its first answer", va="center")
+            ax.text(0.5, i, f"n/a: {r.get('rss_per_stream', 'not measured')}", va="center")
     ax.axvline(16, color="#c44e52", linestyle="--", label="target 16 KiB")
     ax.set_xlabel("KiB of server RSS per open stream")
     ax.set_title("Memory per open stream")

@@ -215,6 +215,19 @@ def measure(
                 )
                 return row
             row["workers"] = len(server.roots)
+        if server is not None:
+            # Weighed on the fresh server, before any load: memory that load grew and freed
+            # would be reused by the probe's streams and hide their cost.
+            if scenario.ext_proc is None:
+                row["rss_per_stream"] = "no stream: one unary Check per request"
+            elif options.streams:
+                per_stream = rss_per_stream(
+                    server.address, server.roots, options.streams, scenario.shape
+                )
+                if per_stream is None:
+                    row["rss_per_stream"] = "streams end after the headers"
+                else:
+                    row["rss_per_stream_bytes"] = round(per_stream)
         envoy_config = proxy_config(
             upstream_port,
             server.endpoints if server is not None else None,
@@ -267,14 +280,6 @@ def measure(
                 row["streams_per_worker"] = [
                     s["counters"]["streams_started"] for s in sorted(server.stats, key=_index)
                 ]
-            if scenario.ext_proc is not None and options.streams:
-                envoy.stop()
-                envoy = None
-                per_stream = rss_per_stream(server.address, server.roots, options.streams)
-                if per_stream is None:
-                    row["rss_per_stream"] = "streams end after the headers"
-                else:
-                    row["rss_per_stream_bytes"] = round(per_stream)
     except Exception as exc:
         row["status"] = f"error: {type(exc).__name__}: {exc}"
     finally:

@@ -1,7 +1,7 @@
 """What the benchmark runs: request shapes, Envoy configs and asm-proxy configs.
 
-Scenarios whose plugin type is not installed (`nacos`, `body_log` and `auth` come from other
-issues) are reported as skipped, never failed; their configs follow those issues' docs.
+A scenario whose plugin type is not installed, or whose config the plugin refuses, is
+reported as skipped with the reason, never failed; the configs follow docs/plugins/.
 """
 
 from __future__ import annotations

@@ -46,6 +46,10 @@ def test_quick_run(tmp_path: Path) -> None:
     for name in ("floor", "headers-every-phase", "body-65536"):
         assert rows[name]["rss_per_stream_bytes"] >= 0  # these streams stay open
     assert rows["headers-on-demand"]["rss_per_stream"] == "streams end after the headers"
+    if rows["nacos-buffered-1k"]["status"] == "ok":  # its stream waits for the answer
+        assert rows["nacos-buffered-1k"]["rss_per_stream_bytes"] >= 0
+    if rows["jwt-authz"]["status"] == "ok":
+        assert rows["jwt-authz"]["rss_per_stream"] == "no stream: one unary Check per request"
     # Streams cut by the window's edges make these averages, not exact counts.
     assert round(rows["headers-on-demand"]["messages_per_stream"]) == 1  # response skipped
     assert round(rows["headers-every-phase"]["messages_per_stream"]) == 2
