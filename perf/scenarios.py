@@ -139,11 +139,16 @@ def jwt_material() -> tuple[dict[str, Any], str]:
     return {"keys": [jwk]}, token
 
 
-def jwt_scenario() -> Scenario:
+#: The JWT scenarios, and the provider's verifiedCacheSize in each: the load repeats one
+#: token, so the cached one is the cache's best case and the uncached one its worst.
+JWT_CACHE_SIZES = {"jwt-authz": 100, "jwt-authz-uncached": 0}
+
+
+def jwt_scenario(name: str, title: str) -> Scenario:
     shape = Shape("get-jwt", "GET", "/api/items", headers=(("authorization", "Bearer {token}"),))
     return Scenario(
-        "jwt-authz",
-        "JWT RS256 via ext_authz",
+        name,
+        title,
         shape,
         "asm-proxy",
         config="",  # filled by `materialize` once `auth` is known to be installed
@@ -153,8 +158,8 @@ def jwt_scenario() -> Scenario:
 
 
 def materialize(scenario: Scenario) -> Scenario:
-    """Fill in what needs a plugin's dependencies (the JWT scenario's key and token)."""
-    if scenario.name != "jwt-authz" or scenario.config:
+    """Fill in what needs a plugin's dependencies (the JWT scenarios' key and token)."""
+    if scenario.name not in JWT_CACHE_SIZES or scenario.config:
         return scenario
     import orjson
 
@@ -172,6 +177,7 @@ def materialize(scenario: Scenario) -> Scenario:
         "            audiences: [bench]\n"
         "            algorithms: [RS256]\n"
         f"            jwks: {orjson.dumps(jwks).decode()}\n"
+        f"            verifiedCacheSize: {JWT_CACHE_SIZES[scenario.name]}\n"
         "      rules: [{credentials: [jwt]}]\n"
     )
     shape = Shape(
@@ -241,7 +247,8 @@ def main_scenarios() -> list[Scenario]:
             ext_proc=body_log_ext_proc,
             needs=("body_log",),
         ),
-        jwt_scenario(),
+        jwt_scenario("jwt-authz", "JWT RS256 via ext_authz (one token, remembered)"),
+        jwt_scenario("jwt-authz-uncached", "JWT RS256 via ext_authz, every token verified"),
     ]
 
 

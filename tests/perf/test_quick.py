@@ -57,6 +57,7 @@ def test_quick_run(tmp_path: Path) -> None:
         ("nacos-buffered-1k", "nacos"),
         ("body-log-streamed-1m", "body_log"),
         ("jwt-authz", "auth"),
+        ("jwt-authz-uncached", "auth"),
     ):
         status = rows[name]["status"]
         assert status in ("ok", f"skipped: plugin type {type_name} not installed") or (

@@ -79,6 +79,11 @@ class JwtProvider(PluginConfig):
     #: Tokens without an `exp` are refused unless this is false.
     require_exp: bool = True
     max_token_bytes: int = 8192
+    #: Tokens already verified, kept (most recent first) so a client's next request with
+    #: the same token skips the signature check, as Envoy's jwt_authn `jwt_cache_config`.
+    #: An entry holds until the token's `exp` (plus clockSkew) and goes when the keys
+    #: change. 0 turns it off.
+    verified_cache_size: int = Field(default=100, ge=0, le=100_000)
     #: Keep the token in the request for the upstream (default: removed).
     forward_token: bool = False
     #: header name -> claim (dotted path for nested claims, e.g. realm_access.roles).

@@ -16,6 +16,8 @@ import binascii
 import json
 import logging
 import re
+import time
+from collections import OrderedDict
 from typing import Any
 
 import jwt as pyjwt
@@ -112,6 +114,8 @@ class Provider:
         self._static: KeySet | None = None
         self.jwks_file: WatchedFile[KeySet] | None = None
         self.secret_file: WatchedFile[bytes] | None = None
+        #: token -> (the key set or secret it was verified with, its claims)
+        self._verified: OrderedDict[str, tuple[object, dict[str, Any]]] = OrderedDict()
         self._options: Any = {
             "require": ["exp", "iss", "aud"] if config.require_exp else ["iss", "aud"],
             "enforce_minimum_key_length": True,
@@ -187,9 +191,37 @@ class Provider:
             return _failure("jwt_unknown_kid", "the token's key is not known")
         return _failure("jwt_no_key", "no key fits the token")
 
+    def _key_source(self) -> object:
+        """What a verification depended on: replaced, never mutated, when keys change."""
+        return self.secret_file.value if self.secret_file is not None else self.keys
+
+    def _recall(self, token: str) -> dict[str, Any] | None:
+        """The claims of `token` if it was verified with the keys in use and has not expired."""
+        entry = self._verified.get(token)
+        if entry is None:
+            return None
+        source, claims = entry
+        exp = claims.get("exp")
+        expired = isinstance(exp, int | float) and time.time() >= exp + self.config.clock_skew
+        if expired or source is not self._key_source():
+            del self._verified[token]
+            return None
+        self._verified.move_to_end(token)
+        return claims
+
+    def _remember(self, token: str, source: object, claims: dict[str, Any]) -> None:
+        if self.config.verified_cache_size == 0:
+            return
+        self._verified[token] = (source, claims)
+        if len(self._verified) > self.config.verified_cache_size:
+            self._verified.popitem(last=False)
+
     async def verify(self, found: Found, header: dict[str, Any]) -> Identity | Failure:
         """Verify a token whose unverified `iss` names this provider."""
         token = found.value
+        remembered = self._recall(token)
+        if remembered is not None:
+            return self._identity(remembered, found)
         alg = header.get("alg")
         kid = header.get("kid")
         if not isinstance(alg, str) or (kid is not None and not isinstance(kid, str)):
@@ -201,6 +233,7 @@ class Provider:
         candidates = await self._candidates(kid, alg)
         if isinstance(candidates, Failure):
             return candidates
+        source = self._key_source()  # before any await could see it replaced
         failure: Failure | None = None
         for key in candidates:
             try:
@@ -218,6 +251,7 @@ class Provider:
                 continue  # without a kid, the next key may be the one
             except (pyjwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
                 return _map_error(exc)
+            self._remember(token, source, claims)
             return self._identity(claims, found)
         return failure or BAD_SIGNATURE
 

@@ -6,7 +6,11 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from asm_proxy.handlers.auth import jwt as jwt_module
 from tests.support.jwks import ISSUER, JwksServer, claims, ec_key, ed_key, jwks, rsa_key
 from tests.unit.auth.helpers import (
     Hosts,
@@ -294,3 +298,80 @@ def test_slow_refetch_refuses_one_request_not_the_next(hosts: Hosts) -> None:
         allowed(host.request_headers(bearer(token)))
     finally:
         server.stop()
+
+
+def _count_verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each token PyJWT is asked to verify (the unverified peek is not PyJWT's)."""
+    seen: list[str] = []
+    real = jwt_module.pyjwt.decode
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt_module.pyjwt, "decode", counting)
+    return seen
+
+
+def test_verified_token_is_remembered_until_the_keys_change(
+    tmp_path: Path, hosts: Hosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same token again is not verified again and gives the same identity; once the
+    key that signed it is gone from the key set, it is refused."""
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks(rsa_key("k1"))))
+    host = hosts(
+        {
+            "secretsReloadInterval": 0,
+            "jwt": {"providers": [{**provider("unused"), "jwksUri": None, "jwksFile": str(path)}]},
+        }
+    )
+    verified = _count_verifications(monkeypatch)
+    token = rsa_key("k1").sign(claims())
+    first = allowed(host.request_headers(bearer(token)))
+    host.new_exchange()
+    again = allowed(host.request_headers(bearer(token)))
+    assert verified == [token]
+    assert again.headers == first.headers and auth_metadata(again) == auth_metadata(first)
+
+    path.write_text(json.dumps(jwks(rsa_key("k2"))))
+    plugin_of(host).secrets.check_all()
+    host.new_exchange()
+    denied(host.request_headers(bearer(token)))
+
+
+def test_remembered_token_still_expires(
+    idp: JwksServer, hosts: Hosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remembered token holds only until its exp (clock skew 0 here)."""
+    host = hosts({"jwt": {"providers": [provider(idp.url, clockSkew=0)]}})
+    exp = int(time.time()) + 1
+    token = rsa_key("k1").sign(claims(exp=exp))
+    verified = _count_verifications(monkeypatch)
+    allowed(host.request_headers(bearer(token)))
+    while time.time() < exp + 0.05:
+        time.sleep(0.05)
+    host.new_exchange()
+    reply = denied(host.request_headers(bearer(token)))
+    assert reply.details == "auth_unauthorized{jwt_expired}"
+    assert verified == [token, token]
+
+
+def test_verified_cache_is_bounded_and_can_be_off(
+    idp: JwksServer, hosts: Hosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The least recently used token goes first; size 0 verifies every time."""
+    verified = _count_verifications(monkeypatch)
+    host = hosts({"jwt": {"providers": [provider(idp.url, verifiedCacheSize=2)]}})
+    a, b, c = (rsa_key("k1").sign(claims(sub=name)) for name in "abc")
+    for token in (a, b, a, c, a, b):  # c pushes out b (a was used since)
+        host.new_exchange()
+        allowed(host.request_headers(bearer(token)))
+    assert verified == [a, b, c, b]
+
+    verified.clear()
+    off = hosts({"jwt": {"providers": [provider(idp.url, verifiedCacheSize=0)]}})
+    for _ in range(2):
+        off.new_exchange()
+        allowed(off.request_headers(bearer(a)))
+    assert verified == [a, a]
