@@ -81,11 +81,6 @@ class Entry:
     def fail_strategy(self) -> FailStrategy:
         return FailStrategy.FAIL_OPEN if self.fail_open else FailStrategy.FAIL_CLOSE
 
-    def applies(self, http: Http) -> bool:
-        if self.matches is not None and not self.matches(http.request):
-            return False
-        return self.selects is None or self.selects(http.workload)
-
     def report(self, what: str, exc: BaseException | None) -> None:
         """Log a failure, at most one full report a second per plugin."""
         now = time.monotonic()

@@ -272,16 +272,11 @@ class ServerSettings(Model):
             raise ValueError("deadline must be greater than zero")
         return value
 
-    @field_validator("workers", "offload_processes", "offload_threshold")
+    @field_validator(
+        "workers", "offload_processes", "offload_threshold", "drain_delay", "drain_timeout"
+    )
     @classmethod
-    def _not_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
-
-    @field_validator("drain_delay", "drain_timeout")
-    @classmethod
-    def _drain(cls, value: float) -> float:
+    def _not_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError("must not be negative")
         return value

@@ -139,18 +139,17 @@ class Setup:
 
 def _cluster(
     name: str,
-    address: dict[str, Any] | list[dict[str, Any]],
+    addresses: list[dict[str, Any]],
     http2: bool = False,
     max_streams: int | None = None,
 ) -> dict[str, Any]:
-    protocol: dict[str, Any] = (
-        {"http2_protocol_options": {}}
-        if http2
-        else {"http_protocol_options": {"enable_trailers": True}}
-    )
-    if max_streams is not None:
-        protocol["http2_protocol_options"]["max_concurrent_streams"] = max_streams
-    addresses = address if isinstance(address, list) else [address]
+    """A static cluster; `max_streams` (HTTP/2 only) caps streams per connection."""
+    protocol: dict[str, Any]
+    if http2:
+        options = {} if max_streams is None else {"max_concurrent_streams": max_streams}
+        protocol = {"http2_protocol_options": options}
+    else:
+        protocol = {"http_protocol_options": {"enable_trailers": True}}
     return {
         "name": name,
         "type": "STATIC",
@@ -241,7 +240,7 @@ def bootstrap(setup: Setup) -> dict[str, Any]:
         )
     ]
     clusters += [
-        _cluster(name, _address(f"127.0.0.1:{port}")) for name, port in setup.clusters.items()
+        _cluster(name, [_address(f"127.0.0.1:{port}")]) for name, port in setup.clusters.items()
     ]
     return {
         "node": {"id": setup.node_id, "cluster": "asm-proxy", "metadata": setup.node_metadata},

@@ -7,6 +7,7 @@ Envoy as protobuf Structs and are converted only if a plugin reads them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -169,6 +170,20 @@ def split_host_port(authority: str) -> tuple[str, str | None]:
     if sep and head and port.isdigit() and ":" not in head:
         return head, port
     return authority, None
+
+
+_HOST_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def normalize_host(name: str) -> str | None:
+    """`name` lower-cased without its trailing dot, or None if it is not a DNS host name
+    (dot-separated labels of letters, digits, '-' and '_')."""
+    host = name.strip().rstrip(".").lower()
+    if not host or len(host) > 253:
+        return None
+    if not all(_HOST_LABEL.match(label) for label in host.split(".")):
+        return None
+    return host
 
 
 LazyMap = Callable[[], dict[str, Any]]

@@ -319,3 +319,8 @@ class Headers:
                 self._ops[key] = old_ops
 
         undo.record(restore)
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a content-type value: lower case, without parameters."""
+    return (content_type or "").split(";", 1)[0].strip().lower()

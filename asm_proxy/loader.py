@@ -6,7 +6,6 @@ file is refused with the same messages everywhere.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,8 +89,7 @@ def build_chain(parsed: ParsedFile) -> Chain:
         plugin = _make_plugin(parsed, index, spec.type, spec.config, problems)
         if plugin is None:
             continue
-        plugin.name = spec.name
-        plugin.log = logging.getLogger(f"asm_proxy.plugin.{spec.name}")
+        plugin._bind_name(spec.name)
         entries.append(
             Entry(
                 index=index,

@@ -35,28 +35,25 @@ def compile_string(m: StringMatch | HeaderMatch) -> StrPredicate:
             suffix = m.suffix
             return lambda s: s.endswith(suffix)
         if m.contains is not None:
-            return _contains(m.contains)
-    fold: Callable[[str], str] = str.lower if ignore_case else (lambda s: s)
-    if m.exact is not None:
-        exact = fold(m.exact)
-        return lambda s: fold(s) == exact
-    if m.prefix is not None:
-        prefix = fold(m.prefix)
-        return lambda s: fold(s).startswith(prefix)
-    if m.suffix is not None:
-        suffix = fold(m.suffix)
-        return lambda s: fold(s).endswith(suffix)
-    if m.contains is not None:
-        part = fold(m.contains)
-        return lambda s: part in fold(s)
+            part = m.contains
+            return lambda s: part in s
+    else:
+        if m.exact is not None:
+            exact = m.exact.lower()
+            return lambda s: s.lower() == exact
+        if m.prefix is not None:
+            prefix = m.prefix.lower()
+            return lambda s: s.lower().startswith(prefix)
+        if m.suffix is not None:
+            suffix = m.suffix.lower()
+            return lambda s: s.lower().endswith(suffix)
+        if m.contains is not None:
+            part = m.contains.lower()
+            return lambda s: part in s.lower()
     if m.regex is not None:
         pattern = re.compile(m.regex, re.IGNORECASE if ignore_case else 0)
         return lambda s: pattern.fullmatch(s) is not None
     return _always
-
-
-def _contains(part: str) -> StrPredicate:
-    return lambda s: part in s
 
 
 def compile_host(pattern: str) -> Callable[[str], bool]:

@@ -236,10 +236,6 @@ class OffloadPool:
         self._idle: asyncio.Queue[_Slot] | None = None
         self._closed = False
 
-    @property
-    def started(self) -> bool:
-        return self._idle is not None
-
     def start(self) -> None:
         """Spawn the pool processes (they finish starting in the background)."""
         if self._idle is not None or self._closed:
@@ -385,8 +381,7 @@ async def close_pool() -> None:
 @atexit.register
 def _at_exit() -> None:
     if _pool is not None:
-        for slot in _pool._slots:
-            slot.close()
+        _pool.close_now()
 
 
 __all__ = [

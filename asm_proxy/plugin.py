@@ -123,6 +123,11 @@ class Plugin:
     def __init__(self, config: Any) -> None:
         self.config = config
 
+    def _bind_name(self, name: str) -> None:
+        """Give the instance its configured name and a logger of that name."""
+        self.name = name
+        self.log = logging.getLogger(f"asm_proxy.plugin.{name}")
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         found = {hook for hook in HOOKS if callable(getattr(cls, hook, None))}

@@ -605,8 +605,6 @@ class Stream:
         mutation = getattr(reply, kind).response.body_mutation
         mutation.streamed_response.body = data
         mutation.streamed_response.end_of_stream = eos
-        http = self.http
-        assert http is not None
         self._attach_metadata(reply)
         return reply
 

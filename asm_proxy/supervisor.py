@@ -206,7 +206,6 @@ class Supervisor:
         self.settings = ServerSettings()
         self.workers: list[WorkerHandle] = []
         self.addresses: list[str] = []
-        self.address = ""
         self.restarts = 0
         self._text = ""
         self._holder: socket.socket | None = None
@@ -236,12 +235,9 @@ class Supervisor:
         self._text, self.settings, names = self._read()
         listen = self._listen or self.settings.listen
         count = self._workers or self.settings.workers or default_workers()
-        if listen.startswith("unix:"):
-            self.addresses = worker_addresses(listen, count)
-            self.address = listen
-        else:
-            self._holder, self.address = reserve_tcp_port(listen)
-            self.addresses = worker_addresses(self.address, count)
+        if not listen.startswith("unix:"):
+            self._holder, listen = reserve_tcp_port(listen)
+        self.addresses = worker_addresses(listen, count)
         results = await asyncio.gather(
             *(self._spawn(i) for i in range(count)), return_exceptions=True
         )
@@ -349,7 +345,7 @@ class Supervisor:
                 log.error("%s; trying again", exc)
                 backoff = min(max(backoff * 2, RESTART_BACKOFF), RESTART_BACKOFF_MAX)
                 continue
-            if self.stopping:
+            if self.stopping:  # set while we awaited (a property: mypy narrows attributes)
                 new.tell({"op": "stop"})
                 return
             self.workers[handle.index] = new

@@ -13,7 +13,6 @@ protocol tests use the lower-level `messages` builders and `Step`.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -252,8 +251,7 @@ class PluginHost:
                 instance = plugin
             else:
                 instance = plugin(plugin.Config.model_validate(dict(config or {})))
-            instance.name = name
-            instance.log = logging.getLogger(f"asm_proxy.plugin.{name}")
+            instance._bind_name(name)
             entry = Entry(
                 index=0,
                 name=name,

@@ -48,8 +48,9 @@ def main() -> int:
     parser.add_argument("scenario", nargs="?", default="headers-every-phase")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
-    parser.add_argument("--out", type=Path, default=Path("perf/results/profile.txt"))
+    parser.add_argument("--out", type=Path, help="default: perf/results/profile-SCENARIO.txt")
     args = parser.parse_args()
+    out: Path = args.out or Path(__file__).parent / "results" / f"profile-{args.scenario}.txt"
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     scenario = find(args.scenario)
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,8 +97,8 @@ def main() -> int:
             server.stop()
             upstream.stop()
         text = summarize(raw)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(f"scenario: {scenario.name}\n{text}\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"scenario: {scenario.name}\n{text}\n")
     print(text)
     return 0
 

@@ -58,6 +58,8 @@ class LoopThread:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 class Server:
@@ -119,7 +121,7 @@ class AsmProxyServer(Server):
         except BaseException:
             self._loop.close()
             raise
-        self.endpoints = self.supervisor.addresses
+        self.endpoints = list(dict.fromkeys(self.supervisor.addresses))  # TCP: one shared
         self.address = self.endpoints[0]
         self.roots = self.supervisor.pids
         self.stats = []

@@ -7,7 +7,7 @@ reported as skipped with the reason, never failed; the configs follow docs/plugi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -47,7 +47,6 @@ class Scenario:
     workers: int | None = None
     group: str = "main"  # main, body, chain, workers
     x: float | None = None  # the sweep's variable
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def on_demand() -> ExtProc:

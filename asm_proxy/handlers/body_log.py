@@ -49,7 +49,7 @@ import orjson
 from pydantic import Field, field_validator, model_validator
 
 from asm_proxy.api import Chunk, Http, Plugin, PluginConfig
-from asm_proxy.headers import Headers
+from asm_proxy.headers import Headers, media_type
 
 REDACTED = "[REDACTED]"
 
@@ -87,10 +87,6 @@ _NOT_KEY_CHARS = str.maketrans("", "", "-_. ")
 
 def normalize_key(key: str) -> str:
     return key.lower().translate(_NOT_KEY_CHARS)
-
-
-def media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 class BodyLogConfig(PluginConfig):
@@ -460,11 +456,11 @@ class BodyLogPlugin(Plugin):
             if not complete:
                 result["omitted"] = "incomplete"
                 return result
-            text = self._redacted(kind, data)
-            if text is None:
+            redacted = self._redacted(kind, data)
+            if redacted is None:
                 result["omitted"] = "invalid_json" if kind == JSON else "invalid_form"
                 return result
-            logged, cut = cut_utf8(text.encode("utf-8"), self.max_bytes)
+            logged, cut = cut_utf8(redacted, self.max_bytes)
             assert logged is not None
             result.update(body=logged, truncated=cut, encoding="utf-8")
             return result
@@ -485,21 +481,22 @@ class BodyLogPlugin(Plugin):
             result["omitted"] = "content_encoding" if side.encoding else "binary"
         return result
 
-    def _redacted(self, kind: str, data: bytes) -> str | None:
+    def _redacted(self, kind: str, data: bytes) -> bytes | None:
+        """The redacted body as UTF-8 bytes (cut to maxBytes by the caller), or None."""
         if kind == JSON:
             try:
                 doc = orjson.loads(data)
             except orjson.JSONDecodeError:
                 return None
             try:
-                return orjson.dumps(self.redactor.json(doc)).decode("utf-8")
+                return orjson.dumps(self.redactor.json(doc))
             except (orjson.JSONEncodeError, RecursionError):
                 return None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        return self.redactor.form(text)
+        return self.redactor.form(text).encode("utf-8")
 
     def finish(self, http: Http, direction: str, side: Side, *, complete: bool) -> None:
         side.finished = True
@@ -547,7 +544,7 @@ class BodyLogPlugin(Plugin):
 
 def _classify(media: str) -> str:
     """json, form, text or binary, from a media type."""
-    if media.endswith(("/json", "+json")) or media == "application/json":
+    if media.endswith(("/json", "+json")):
         return JSON
     if media == "application/x-www-form-urlencoded":
         return FORM

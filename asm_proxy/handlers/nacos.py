@@ -23,7 +23,6 @@ answer, an error status) passes through unchanged and is counted in `counts`.
 from __future__ import annotations
 
 import logging
-import re
 import string
 import time
 from collections import Counter
@@ -34,25 +33,18 @@ import orjson
 from pydantic import Field, field_validator
 
 from asm_proxy.api import Http, Plugin, PluginConfig
+from asm_proxy.exchange import normalize_host
+from asm_proxy.headers import media_type
 
 DEFAULT_PATHS = ("/nacos/v1/ns/instance/list", "/nacos/v2/ns/instance/list")
 DEFAULT_GROUP = "DEFAULT_GROUP"
 PUBLIC_NAMESPACE = "public"
 TEMPLATE_FIELDS = frozenset({"service", "group", "namespace", "namespaceId"})
 
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
-
-
-def valid_host(host: str) -> bool:
-    """A DNS host name: dot-separated labels of letters, digits, '-' and '_' (lower case)."""
-    if not host or len(host) > 253:
-        return False
-    return all(_LABEL.match(label) for label in host.split("."))
-
 
 def _host_value(value: str) -> str:
-    host = value.strip().rstrip(".").lower()
-    if not valid_host(host):
+    host = normalize_host(value)
+    if host is None:
         raise ValueError(f"{value!r} is not a host name")
     return host
 
@@ -191,10 +183,6 @@ class Target:
     port: int | None
 
 
-def _media_type(value: str | None) -> str:
-    return (value or "").split(";", 1)[0].strip().lower()
-
-
 class NacosPlugin(Plugin):
     """Nacos instance lists: pod IPs become service host names."""
 
@@ -235,7 +223,7 @@ class NacosPlugin(Plugin):
             host = self.template.format(
                 service=service, group=group, namespace=namespace, namespaceId=namespace_id
             ).lower()
-            if not valid_host(host):
+            if normalize_host(host) != host:  # not a host name as it stands
                 return "unmappable"
         port = self.ports.get(grouped) or self.ports.get(service)
         return Target(service, group, namespace_id, host, port)
@@ -265,7 +253,7 @@ class NacosPlugin(Plugin):
         if encoding != "identity":
             self._pass(http, "encoded", f"content-encoding {encoding}")
             return
-        media = _media_type(headers.get("content-type"))
+        media = media_type(headers.get("content-type"))
         if media and "json" not in media and media != "text/plain":
             self._pass(http, "not_json", f"content-type {media}")
             return

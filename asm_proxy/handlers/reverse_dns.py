@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Literal
@@ -49,22 +48,10 @@ from pydantic import Field, field_validator, model_validator
 
 from asm_proxy.api import Http, Plugin, PluginConfig
 from asm_proxy.durations import Duration
-from asm_proxy.exchange import split_host_port
+from asm_proxy.exchange import normalize_host, split_host_port
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
-
-
-def normalize_host(name: str) -> str | None:
-    """`name` lower-cased without its trailing dot, or None if it is not a host name."""
-    host = name.strip().rstrip(".").lower()
-    if not host or len(host) > 253:
-        return None
-    if not all(_LABEL.match(label) for label in host.split(".")):
-        return None
-    return host
 
 
 def _network(text: str) -> IPNetwork:

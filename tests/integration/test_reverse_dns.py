@@ -31,6 +31,7 @@ plugins:
     timeout: 500ms
     config:
       podCIDRs: [10.0.0.0/16, "fd00:10::/64"]
+      static: {10.0.0.50: provider.shop.svc.cluster.local}
       dns: {server: 127.0.0.1, port: %d, timeout: 2s}
 """
 
@@ -51,10 +52,13 @@ def s(stack: StackFactory, dnsmasq: DnsMasq) -> Stack:
     )
 
 
-@pytest.mark.parametrize("authority", ["10.0.0.222:8080", "10.0.0.7:8080", "[fd00:10::5]:8080"])
+@pytest.mark.parametrize(
+    "authority", ["10.0.0.222:8080", "10.0.0.7:8080", "[fd00:10::5]:8080", "10.0.0.50:8080"]
+)
 def test_pod_ip_reaches_the_service_cluster(s: Stack, authority: str) -> None:
-    """IPv4 and IPv6 pod IPs (service and endpoint PTR records): the request is routed
-    again after the rewrite and reaches the service's cluster with the service host."""
+    """IPv4 and IPv6 pod IPs (service and endpoint PTR records, and the static map): the
+    request is routed again after the rewrite and reaches the service's cluster with the
+    service host."""
     resp = s.get("/orders", headers={"host": authority})
     assert resp.status_code == 200
     assert resp.headers["x-upstream"] == "b"
