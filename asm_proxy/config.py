@@ -425,21 +425,25 @@ class ParsedFile:
     problems: list[ConfigProblem]
 
 
+def read_config_text(path: str | Path) -> str:
+    """The config file's text; ConfigError (the same messages everywhere) if unreadable."""
+    name = str(path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigProblem(name, None, None, "", f"cannot read: {exc.strerror}")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem(name, None, None, "", f"not UTF-8 text: {exc}")]) from None
+
+
 def parse_file(path: str | Path, text: str | None = None) -> ParsedFile:
     """Read the file and validate its settings and each plugin entry; every problem found
     is kept (plugin configs are checked by the loader, which knows the plugin types)."""
     name = str(path)
     if text is None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                [ConfigProblem(name, None, None, "", f"cannot read: {exc.strerror}")]
-            ) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                [ConfigProblem(name, None, None, "", f"not UTF-8 text: {exc}")]
-            ) from None
+        text = read_config_text(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)

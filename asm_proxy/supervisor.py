@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from asm_proxy.config import ConfigError, ConfigProblem, ServerSettings
+from asm_proxy.config import ConfigError, ServerSettings, read_config_text
 from asm_proxy.loader import load_text
 from asm_proxy.reload import ConfigWatcher
 
@@ -217,13 +217,7 @@ class Supervisor:
     # -- starting ------------------------------------------------------------------
 
     def _read(self) -> tuple[str, ServerSettings, list[str]]:
-        try:
-            text = self.config_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text: {exc}"
-            raise ConfigError(
-                [ConfigProblem(str(self.config_path), None, None, "", f"cannot read: {reason}")]
-            ) from None
+        text = read_config_text(self.config_path)  # raises ConfigError
         loaded = load_text(self.config_path, text)  # raises ConfigError
         for warning in loaded.warnings:
             log.warning("%s", warning)

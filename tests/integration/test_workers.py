@@ -154,6 +154,29 @@ def test_reload_reaches_every_worker(workers_stack: Factory) -> None:
     assert [st["counters"]["config_reloads"] for st in stats] == [1, 1]
 
 
+def test_offload_pool_in_a_worker(workers_stack: Factory) -> None:
+    """A worker started by the supervisor takes offloadProcesses/offloadThreshold from the
+    file and runs a plugin's offload() in its pool: the upstream gets the pool's result, the
+    worker counts the call and the bytes that crossed in shared memory."""
+    config = """
+reloadInterval: 0s
+deadline: 20s
+offloadProcesses: 1
+offloadThreshold: 1024
+plugins:
+  - {name: swap, type: 'tests.support.workers:SwapCase'}
+"""
+    s = workers_stack(config, workers=1)
+    small, large = b"Small Body", bytes(range(65, 91)) * 2521  # below and above the threshold
+    for body in (small, large):
+        assert s.client.post("/", content=body).status_code == 200
+        assert s.upstreams["a"].requests[-1].body == body.swapcase()
+    (stats,) = s.supervisor.stats()
+    assert stats["counters"]["offloaded_calls"] == 1  # the small body stayed inline
+    assert stats["counters"]["offload_bytes_in"] == len(large)
+    assert stats["counters"]["offload_bytes_out"] == len(large)
+
+
 def wait_for(predicate: Callable[[], bool], what: str, limit: float = 20.0) -> None:
     give_up = time.monotonic() + limit
     while not predicate():

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from asm_proxy.api import Http, Plugin, PluginConfig
+from asm_proxy.api import Http, Plugin, PluginConfig, offload
 from asm_proxy.supervisor import Supervisor
 from tests.support.background import BackgroundLoop
 
@@ -30,6 +30,21 @@ class PidTag(Plugin):
             await asyncio.sleep(self.config.delay_ms / 1000)
         http.request.headers.set("x-worker-pid", str(os.getpid()))
         http.request.headers.set("x-version", self.config.version)
+
+
+def swap_case(data: memoryview) -> bytes:
+    """The offloaded work of `SwapCase` (module level: the pool process imports it)."""
+    return bytes(data).swapcase()
+
+
+class SwapCase(Plugin):
+    """Sends the request body through the offload pool and forwards what comes back, with
+    the pid that did the work."""
+
+    async def on_request_body(self, http: Http) -> None:
+        body = http.request.body
+        body.replace(await offload(swap_case, body))
+        http.request.headers.set("x-worker-pid", str(os.getpid()))
 
 
 def pid_tag_config(version: str = "v1", delay_ms: int = 0, extra: str = "") -> str:
