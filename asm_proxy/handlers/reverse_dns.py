@@ -37,8 +37,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections import Counter, OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import dns.asyncresolver
 import dns.exception
@@ -369,12 +370,17 @@ class ReverseDnsPlugin(Plugin):
 
     # -- the hook ----------------------------------------------------------------------------
 
-    async def on_request_headers(self, http: Http) -> None:
+    def on_request_headers(self, http: Http) -> Coroutine[Any, Any, None] | None:
+        """Most Hosts are names, not pod IPs: those return at once, without the coroutine
+        and time limit an `async def` hook costs; the others return the lookup to await."""
         authority = http.request.authority
         host, port = split_host_port(authority)
         ip = self.pod_ip(host)
         if ip is None:
-            return
+            return None
+        return self._rewrite(http, ip, port, authority)
+
+    async def _rewrite(self, http: Http, ip: IPAddress, port: str | None, authority: str) -> None:
         name = await self.host_for(ip)
         if name is None:
             return
