@@ -107,9 +107,12 @@ def test_tcp_streams_spread_over_workers(workers_stack: Factory) -> None:
     """Two workers share one TCP port (SO_REUSEPORT). Envoy opens a connection per stream in
     flight (max_concurrent_streams: 1), the kernel spreads the connections, and each worker
     serves a share of the streams: counted by the workers themselves."""
-    s = workers_stack(pid_tag_config(), workers=2, max_streams=1)
+    # Each stream waits 20 ms in the plugin, so the 16 client threads really overlap and
+    # Envoy needs many connections (a loaded machine could otherwise serialize them onto
+    # one connection, which the kernel gives to one worker).
+    s = workers_stack(pid_tag_config(delay_ms=20), workers=2, max_streams=1)
     assert len(set(s.supervisor.addresses)) == 1
-    responses = concurrent_gets(s.envoy.url, ["/"] * 200)
+    responses = concurrent_gets(s.envoy.url, ["/slow"] * 200)
     assert {r.status_code for r in responses} == {200}
     by_worker = s.supervisor.streams_by_worker()
     assert sorted(by_worker) == [0, 1]
