@@ -21,8 +21,8 @@ from asm_proxy.exchange import Http
 from asm_proxy.headers import HeaderAction, HeaderOp, Headers
 from asm_proxy.identity import Workload
 from asm_proxy.plugin import Respond
-from asm_proxy.protos import auth, auth_grpc, http_status, rpc_status
 from asm_proxy.stats import counters
+from asm_proxy.wire import auth, core
 
 log = logging.getLogger("asm_proxy.authz")
 
@@ -145,9 +145,9 @@ def denied(respond: Respond, metadata: Any | None) -> Any:
     status_code = _UNAUTHENTICATED if respond.status == 401 else _PERMISSION_DENIED
     headers, _ = codec.header_value_options(_joined_header_ops(respond))
     reply = auth.CheckResponse(
-        status=rpc_status.Status(code=status_code, message=respond.details),
+        status=auth.Status(code=status_code, message=respond.details),
         denied_response=auth.DeniedHttpResponse(
-            status=http_status.HttpStatus(code=respond.status),
+            status=core.HttpStatus(code=respond.status),
             headers=headers,
             body=respond.body_bytes().decode("utf-8", "replace"),
         ),
@@ -162,7 +162,7 @@ def denied(respond: Respond, metadata: Any | None) -> Any:
 def allowed(http: Http, metadata: Any | None) -> Any:
     options, removed = codec.header_value_options(http.request.headers.take_ops())
     reply = auth.CheckResponse(
-        status=rpc_status.Status(code=_OK),
+        status=auth.Status(code=_OK),
         ok_response=auth.OkHttpResponse(headers=options, headers_to_remove=removed),
     )
     if metadata is not None:
@@ -170,7 +170,7 @@ def allowed(http: Http, metadata: Any | None) -> Any:
     return reply
 
 
-class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[misc]
+class AuthorizationServicer:
     def __init__(self, state: Any) -> None:
         self._state = state
 

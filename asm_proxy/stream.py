@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -30,21 +30,24 @@ from asm_proxy.chain import Chain, Needs, Plan, run_hooks
 from asm_proxy.exchange import ROUTING_HEADERS, Http, Message
 from asm_proxy.headers import Headers
 from asm_proxy.plugin import BodyAccess, Respond
-from asm_proxy.protos import BodySendMode, HeaderSendMode, ProcessingMode, ext_proc
 from asm_proxy.stats import counters
+from asm_proxy.wire import BodySendMode, HeaderSendMode, ProcessingMode, ext_proc
 
 if TYPE_CHECKING:
     from asm_proxy.config import ServerSettings
 
 log = logging.getLogger("asm_proxy.stream")
 
-NONE: int = BodySendMode.NONE
-STREAMED: int = BodySendMode.STREAMED
-BUFFERED: int = BodySendMode.BUFFERED
-BUFFERED_PARTIAL: int = BodySendMode.BUFFERED_PARTIAL
-FULL_DUPLEX: int = BodySendMode.FULL_DUPLEX_STREAMED
-SEND: int = HeaderSendMode.SEND
-SKIP: int = HeaderSendMode.SKIP
+BodyMode: TypeAlias = ProcessingMode.BodySendMode.ValueType
+HeaderMode: TypeAlias = ProcessingMode.HeaderSendMode.ValueType
+ModeKey: TypeAlias = tuple[BodyMode, HeaderMode, HeaderMode, BodyMode, HeaderMode]
+NONE: BodyMode = BodySendMode.NONE
+STREAMED: BodyMode = BodySendMode.STREAMED
+BUFFERED: BodyMode = BodySendMode.BUFFERED
+BUFFERED_PARTIAL: BodyMode = BodySendMode.BUFFERED_PARTIAL
+FULL_DUPLEX: BodyMode = BodySendMode.FULL_DUPLEX_STREAMED
+SEND: HeaderMode = HeaderSendMode.SEND
+SKIP: HeaderMode = HeaderSendMode.SKIP
 
 ONE_SHOT = (BUFFERED, BUFFERED_PARTIAL)
 NO_BODY = BodyAccess.NONE
@@ -97,7 +100,7 @@ class Direction:
         self.name = name
         self.stage = _NOTHING
         self.eos = False
-        self.mode: int = NONE
+        self.mode: BodyMode = NONE
         self.body_messages = 0
         self.whole_done = False
         self.held = False  # FULL_DUPLEX: chunks kept back until the body is complete
@@ -115,11 +118,11 @@ _CONTINUE = {
     "request_trailers": ProcessingResponse(request_trailers=ext_proc.TrailersResponse()),
     "response_trailers": ProcessingResponse(response_trailers=ext_proc.TrailersResponse()),
 }
-_MODES: dict[tuple[int, int, int, int, int], Any] = {}
-_CONTINUE_WITH_MODE: dict[tuple[str, tuple[int, int, int, int, int]], Any] = {}
+_MODES: dict[ModeKey, Any] = {}
+_CONTINUE_WITH_MODE: dict[tuple[str, ModeKey], Any] = {}
 
 
-def _mode_message(key: tuple[int, int, int, int, int]) -> Any:
+def _mode_message(key: ModeKey) -> Any:
     mode = _MODES.get(key)
     if mode is None:
         mode = _MODES[key] = ProcessingMode(
@@ -132,7 +135,7 @@ def _mode_message(key: tuple[int, int, int, int, int]) -> Any:
     return mode
 
 
-def _body_mode(access: BodyAccess, static: int) -> int:
+def _body_mode(access: BodyAccess, static: BodyMode) -> BodyMode:
     if static == FULL_DUPLEX:
         return FULL_DUPLEX  # Envoy does not switch into or out of full duplex mid-stream
     if access is BodyAccess.WHOLE:
@@ -170,8 +173,8 @@ class Stream:
         self.response = Direction("response")
         self.observability = False
         self.overrides = settings.mode_override
-        self.static_request_mode: int = NONE
-        self.static_response_mode: int = NONE
+        self.static_request_mode: BodyMode = NONE
+        self.static_response_mode: BodyMode = NONE
         self.finished = False  # an immediate response was sent
         #: The reply just returned is the last this exchange needs: the server may end the
         #: stream cleanly after sending it, and Envoy carries on without asking again.
@@ -338,7 +341,7 @@ class Stream:
         counters.responses += 1
         return reply
 
-    def _mode_override(self, plan: Plan, kind: str) -> tuple[int, int, int, int, int] | None:
+    def _mode_override(self, plan: Plan, kind: str) -> ModeKey | None:
         """The ProcessingMode to ask for (as a cache key), or None to leave Envoy's as is."""
         if not self.overrides or self.observability:
             return None

@@ -24,7 +24,7 @@ from asm_proxy.headers import Headers
 from asm_proxy.loader import build_chain
 from asm_proxy.matching import compile_match, compile_selector
 from asm_proxy.plugin import FailStrategy, Phase, Plugin
-from asm_proxy.protos import ProcessingMode, core, ext_proc
+from asm_proxy.wire import ProcessingMode, core, ext_proc
 
 HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
 

@@ -2,8 +2,9 @@
 
 Written the way the grpc.aio examples write a bidirectional stream (`async for` over the
 requests, `yield` a response for each), answering every message Envoy may send, so it works
-under any processing mode. asm-proxy's CPU per request is compared with this one's under
-the same Envoy config.
+under any processing mode. It uses asm-proxy's message classes (the same upb parsing any
+generated Envoy API module does) and registers the method the way generated code does.
+asm-proxy's CPU per request is compared with this one's under the same Envoy config.
 
     python -m perf.floor --listen 127.0.0.1:0     # prints "floor serving on ADDRESS"
 """
@@ -17,12 +18,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from asm_proxy.wire import EXT_PROC_SERVICE
+from asm_proxy.wire import core as base_pb2
+from asm_proxy.wire import ext_proc as pb
 
 
-class Floor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+class Floor:
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
@@ -53,7 +55,16 @@ class Floor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
 async def serve(listen: str) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_ExternalProcessorServicer_to_server(Floor(), server)
+    server.add_registered_method_handlers(
+        EXT_PROC_SERVICE,
+        {
+            "Process": grpc.stream_stream_rpc_method_handler(
+                Floor().Process,
+                request_deserializer=pb.ProcessingRequest.FromString,
+                response_serializer=pb.ProcessingResponse.SerializeToString,
+            )
+        },
+    )
     port = server.add_insecure_port(listen)
     await server.start()
     address = listen if listen.startswith("unix:") else f"{listen.rpartition(':')[0]}:{port}"

@@ -118,16 +118,16 @@ async def _hold_streams(
     """RSS at 0, count/RSS_STEPS, ... count open streams, and how many stayed open."""
     import grpc
 
-    from asm_proxy.protos import ext_proc_grpc
+    from asm_proxy.wire import process_stub
 
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = ext_proc_grpc.ExternalProcessorStub(channel)
+        process = process_stub(channel)
         calls: list[Any] = []
 
         async def open_streams(n: int) -> None:
             fresh = []
             for i in range(n):
-                call = stub.Process()
+                call = process()
                 await call.write(_headers_message(len(calls) + i, shape))
                 fresh.append(call)
             for call in fresh:

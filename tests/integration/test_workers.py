@@ -25,8 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from asm_proxy.envoy_bootstrap import ExtProc, Route, Setup, bootstrap
 from asm_proxy.envoy_process import EnvoyProcess
-from asm_proxy.protos import ext_proc_grpc
 from asm_proxy.testing import messages
+from asm_proxy.wire import process_stub
 from tests.support.background import Upstreams
 from tests.support.workers import SupervisorThread, pid_tag_config
 
@@ -317,9 +317,12 @@ def test_second_signal_stops_at_once(serve: Callable[..., Serve]) -> None:
 
     def slow_stream() -> None:
         with grpc.insecure_channel(address) as channel:
-            stub = ext_proc_grpc.ExternalProcessorStub(channel)
             try:
-                list(stub.Process(iter([messages.request_headers({":path": "/slow"})]), timeout=90))
+                list(
+                    process_stub(channel)(
+                        iter([messages.request_headers({":path": "/slow"})]), timeout=90
+                    )
+                )
             except grpc.RpcError as exc:
                 errors.append(exc)
 

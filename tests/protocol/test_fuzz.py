@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asm_proxy.protos import BodySendMode
 from asm_proxy.stream import ProtocolError
 from asm_proxy.testing import PluginHost, messages
+from asm_proxy.wire import BodySendMode
 
 CHAIN = """
 plugins:
@@ -61,7 +61,7 @@ def message(draw: Any, observability: bool) -> Any:
         return getattr(messages, kind)(draw(bodies), eos, observability=observability)
     if kind.endswith("_trailers"):
         return getattr(messages, kind)(draw(headers), observability=observability)
-    from asm_proxy.protos import ext_proc
+    from asm_proxy.wire import ext_proc
 
     return ext_proc.ProcessingRequest()
 

@@ -10,8 +10,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given, settings
 
-from asm_proxy.protos import attribute_context, auth, auth_grpc, ext_proc, ext_proc_grpc
 from asm_proxy.testing import messages
+from asm_proxy.wire import auth, check_stub, ext_proc, process_stub
 from tests.protocol.test_fuzz import exchange
 from tests.support.background import ServerThread
 
@@ -39,8 +39,7 @@ def channel(server: ServerThread) -> Iterator[grpc.Channel]:
 
 
 def process(channel: grpc.Channel, msgs: list) -> list:
-    stub = ext_proc_grpc.ExternalProcessorStub(channel)
-    return list(stub.Process(iter(msgs), timeout=10))
+    return list(process_stub(channel)(iter(msgs), timeout=10))
 
 
 def test_health(channel: grpc.Channel) -> None:
@@ -86,8 +85,7 @@ def test_stream_ends_once_nothing_more_is_needed(channel: grpc.Channel) -> None:
     from asm_proxy.stats import counters
 
     before = counters.streams_closed_early
-    stub = ext_proc_grpc.ExternalProcessorStub(channel)
-    call = stub.Process(
+    call = process_stub(channel)(
         iter([messages.request_headers([(":path", "/x"), (":method", "POST")], False)]),
         timeout=10,
     )
@@ -125,7 +123,7 @@ def test_garbage_bytes(server: ServerThread) -> None:
 
 
 def check_request(path: str, headers: dict[str, str]) -> auth.CheckRequest:
-    ctx = attribute_context.AttributeContext()
+    ctx = auth.AttributeContext()
     http = ctx.request.http
     http.method, http.path, http.host = "GET", path, "example.com"
     http.headers.update(headers)
@@ -135,8 +133,8 @@ def check_request(path: str, headers: dict[str, str]) -> auth.CheckRequest:
 def test_authz_allow_with_header_changes(channel: grpc.Channel) -> None:
     """Check allows with the AUTHN/AUTHZ plugins' header changes and metadata;
     plugins of other phases do not run."""
-    stub = auth_grpc.AuthorizationStub(channel)
-    reply = stub.Check(check_request("/gate", {"x-allow": "yes"}), timeout=5)
+    stub = check_stub(channel)
+    reply = stub(check_request("/gate", {"x-allow": "yes"}), timeout=5)
     assert reply.status.code == 0
     headers = {h.header.key: h.header.value for h in reply.ok_response.headers}
     assert headers == {"x-user": "alice"}  # no x-tag: STATS does not run in Check
@@ -146,14 +144,14 @@ def test_authz_allow_with_header_changes(channel: grpc.Channel) -> None:
 
 def test_authz_deny(channel: grpc.Channel) -> None:
     """A Respond becomes a denied response: status, headers, body; 401 is UNAUTHENTICATED."""
-    stub = auth_grpc.AuthorizationStub(channel)
-    reply = stub.Check(check_request("/gate", {}), timeout=5)
+    stub = check_stub(channel)
+    reply = stub(check_request("/gate", {}), timeout=5)
     assert reply.status.code == 16
     assert reply.denied_response.status.code == 401
     assert reply.denied_response.body == "who are you?\n"
     headers = {h.header.key: h.header.value for h in reply.denied_response.headers}
     assert headers["www-authenticate"] == 'Bearer realm="test"'
-    reply = stub.Check(check_request("/gate", {"x-allow": "no"}), timeout=5)
+    reply = stub(check_request("/gate", {"x-allow": "no"}), timeout=5)
     assert (reply.status.code, reply.denied_response.status.code) == (7, 403)
 
 

@@ -7,10 +7,10 @@ import pytest
 
 from asm_proxy.api import Chunk, Http, Plugin
 from asm_proxy.config import ServerSettings
-from asm_proxy.protos import BodySendMode, ext_proc
 from asm_proxy.stats import counters
 from asm_proxy.stream import ProtocolError
 from asm_proxy.testing import PluginHost, messages, mode_of
+from asm_proxy.wire import BodySendMode, ext_proc
 from tests.support.plugins import ChunkUpper, Recorder, SetMetadata, TrailerTouch, UpperBody
 
 BUFFERED = BodySendMode.BUFFERED

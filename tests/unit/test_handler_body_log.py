@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from asm_proxy.handlers.body_log import BodyLogPlugin, Redactor, cut_utf8
-from asm_proxy.protos import BodySendMode
 from asm_proxy.testing import PluginHost, mode_of
+from asm_proxy.wire import BodySendMode
 
 SECRET = "hunter2-s3cr3t"
 LOGGER = "asm_proxy.plugin.plugin-under-test"  # PluginHost names the plugin so

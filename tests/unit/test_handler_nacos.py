@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from asm_proxy.handlers.nacos import NacosPlugin, rewrite_instances
-from asm_proxy.protos import BodySendMode
 from asm_proxy.testing import PluginHost, mode_of
+from asm_proxy.wire import BodySendMode
 from tests.support.nacos import Instance, v1_answer, v2_answer
 
 V1_PATH = "/nacos/v1/ns/instance/list"

@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
-from google.protobuf import json_format
 
 from asm_proxy.config import parse_file
-from asm_proxy.envoy_bootstrap import validate_bootstrap
 from asm_proxy.handlers.auth.apikey import parse_key_file
 from asm_proxy.handlers.auth.basic import parse_htpasswd
 from asm_proxy.loader import build_chain
+from tests.support.envoy_snippets import validate_snippets
 from tests.support.jwks import ec_key, ed_key, jwks
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -52,21 +51,13 @@ def secrets_dir(tmp_path: Path) -> Path:
 
 
 def _envoy(doc: Any) -> None:
-    from envoy.config.accesslog.v3 import accesslog_pb2
-    from envoy.config.cluster.v3 import cluster_pb2
-    from envoy.extensions.filters.network.http_connection_manager.v3 import (
-        http_connection_manager_pb2 as hcm,
-    )
-
-    validate_bootstrap({})  # registers the Any types the snippets use
+    """Envoy itself loads the snippet (a cluster, or filters and access logs)."""
     if isinstance(doc, dict):
-        json_format.ParseDict(doc, cluster_pb2.Cluster())
+        validate_snippets(clusters=[doc])
         return
-    for item in doc:
-        if item["name"].startswith("envoy.access_loggers."):
-            json_format.ParseDict(item, accesslog_pb2.AccessLog())
-        else:
-            json_format.ParseDict(item, hcm.HttpFilter())
+    logs = [item for item in doc if item["name"].startswith("envoy.access_loggers.")]
+    filters = [item for item in doc if item not in logs]
+    validate_snippets(filters=filters, access_logs=logs)
 
 
 def kind_of(doc: Any) -> str:
