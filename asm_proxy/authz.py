@@ -14,13 +14,17 @@ import logging
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
 
 from asm_proxy import codec
 from asm_proxy.chain import run_hooks
-from asm_proxy.exchange import Http
-from asm_proxy.headers import HeaderAction, HeaderOp, Headers
+from asm_proxy.envoy_headers import decode_header_map, encode_value
+from asm_proxy.events import REQUEST_BODY, REQUEST_HEADERS
+from asm_proxy.exchange import Exchange
+from asm_proxy.headers import HeaderAction, HeaderOp, Headers, adopt, take_ops
 from asm_proxy.identity import Workload
 from asm_proxy.plugin import Respond
+from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
 from asm_proxy.wire import auth, core
 
@@ -35,10 +39,10 @@ WORKLOAD_KEYS = ("workload.namespace", "workload.name", "workload.serviceAccount
 LABEL_PREFIX = "workload.labels."
 
 
-def _headers_of(http_request: Any) -> Headers:
+def _headers_of(http_request: auth.AttributeContext.HttpRequest) -> Headers:
     pairs: dict[str, list[str]]
     if http_request.header_map.headers:
-        pairs = codec.decode_header_map(http_request.header_map)
+        pairs = decode_header_map(http_request.header_map)
     else:
         pairs = {k.lower(): [v] for k, v in http_request.headers.items()}
     # Envoy puts pseudo-headers in the map; fill them from the fields if it did not.
@@ -50,10 +54,10 @@ def _headers_of(http_request: Any) -> Headers:
     ):
         if value and key not in pairs:
             pairs[key] = [value]
-    return Headers._adopt(pairs, None)
+    return adopt(pairs, None)
 
 
-def _address(peer: Any) -> str | None:
+def _address(peer: auth.AttributeContext.Peer) -> str | None:
     sock = peer.address.socket_address
     if not sock.address:
         return None
@@ -61,7 +65,7 @@ def _address(peer: Any) -> str | None:
     return f"{host}:{sock.port_value}"
 
 
-def attributes_of_check(request: Any) -> dict[str, Any]:
+def attributes_of_check(request: auth.CheckRequest) -> dict[str, Any]:
     """The CheckRequest as Envoy attribute names, like ext_proc's request_attributes."""
     ctx = request.attributes
     http_request = ctx.request.http
@@ -83,7 +87,7 @@ def attributes_of_check(request: Any) -> dict[str, Any]:
     return attrs
 
 
-def workload_of_check(request: Any) -> Workload | None:
+def workload_of_check(request: auth.CheckRequest) -> Workload | None:
     ext = request.attributes.context_extensions
     if not ext:
         return None
@@ -94,26 +98,27 @@ def workload_of_check(request: Any) -> Workload | None:
     return Workload(namespace=namespace, labels=labels, name=name, service_account=service_account)
 
 
-def http_of_check(request: Any) -> Http:
+def exchange_of_check(request: auth.CheckRequest) -> Exchange:
     http_request = request.attributes.request.http
-    http = Http(_headers_of(http_request), peer=workload_of_check(request))
+    headers = _headers_of(http_request)
+    x = Exchange(headers, peer=workload_of_check(request))
     attrs = attributes_of_check(request)
-    http.add_attributes(lambda: attrs)
+    x.add_attributes(lambda: attrs)
     if request.attributes.HasField("metadata_context"):
         metadata = request.attributes.metadata_context
-        http.set_metadata_source(lambda: codec.metadata_of(metadata))
-    body = http.request.body
+        x.set_metadata_source(lambda: codec.metadata_of(metadata))
+    body = x.request.buffer()
     if http_request.raw_body:
-        body.add_chunk(http_request.raw_body)
+        body.add(http_request.raw_body)
     elif http_request.body:
-        body.add_chunk(codec.encode_value(http_request.body))
+        body.add(encode_value(http_request.body))
     # Envoy marks a body cut at max_request_bytes with this header.
-    body.complete = http.request.headers.get("x-envoy-auth-partial-body") != "true"
-    return http
+    body.complete = headers.get("x-envoy-auth-partial-body") != "true"
+    return x
 
 
-def _metadata_struct(http: Http, namespace: str) -> Any | None:
-    out = http.take_metadata()
+def _metadata_struct(x: Exchange, namespace: str) -> struct_pb2.Struct | None:
+    out = x.take_metadata()
     if not out:
         return None
     flat: dict[str, Any] = {}
@@ -141,7 +146,7 @@ def _joined_header_ops(respond: Respond) -> dict[str, list[HeaderOp]]:
     return ops
 
 
-def denied(respond: Respond, metadata: Any | None) -> Any:
+def denied(respond: Respond, metadata: struct_pb2.Struct | None) -> auth.CheckResponse:
     status_code = _UNAUTHENTICATED if respond.status == 401 else _PERMISSION_DENIED
     headers, _ = codec.header_value_options(_joined_header_ops(respond))
     reply = auth.CheckResponse(
@@ -159,8 +164,10 @@ def denied(respond: Respond, metadata: Any | None) -> Any:
     return reply
 
 
-def allowed(http: Http, metadata: Any | None) -> Any:
-    options, removed = codec.header_value_options(http.request.headers.take_ops())
+def allowed(x: Exchange, metadata: struct_pb2.Struct | None) -> auth.CheckResponse:
+    headers = x.request.headers
+    ops = take_ops(headers) if headers is not None else {}
+    options, removed = codec.header_value_options(ops)
     reply = auth.CheckResponse(
         status=auth.Status(code=_OK),
         ok_response=auth.OkHttpResponse(headers=options, headers_to_remove=removed),
@@ -171,10 +178,12 @@ def allowed(http: Http, metadata: Any | None) -> Any:
 
 
 class AuthorizationServicer:
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: ServerState) -> None:
         self._state = state
 
-    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Check(
+        self, request: auth.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> auth.CheckResponse:
         state = self._state
         chain = state.chain
         settings = state.settings
@@ -183,24 +192,26 @@ class AuthorizationServicer:
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + settings.deadline
-            http = http_of_check(request)
-            plan = chain.select(http, authz_only=True)
+            x = exchange_of_check(request)
+            plan = chain.select(x, authz_only=True)
             outcome: Respond | None = None
-            if plan.hooks["request_headers"]:
-                outcome = await run_hooks(plan.hooks["request_headers"], http, (), deadline)
-            body = http.request.body
-            if outcome is None and body.received_size and plan.hooks["request_body"]:
-                outcome = await run_hooks(plan.hooks["request_body"], http, (), deadline)
-            http.undo.commit()
-            metadata = _metadata_struct(http, settings.metadata_namespace)
+            hooks = plan.hooks[REQUEST_HEADERS]
+            if hooks:
+                outcome = await run_hooks(hooks, x, (), deadline)
+            hooks = plan.hooks[REQUEST_BODY]
+            if outcome is None and x.request.buffer().size and hooks:
+                outcome = await run_hooks(hooks, x, (), deadline)
+            x.undo.commit()
+            metadata = _metadata_struct(x, settings.metadata_namespace)
             if outcome is not None:
                 counters.authz_denied += 1
                 return denied(outcome, metadata)
-            return allowed(http, metadata)
+            return allowed(x, metadata)
         except Exception:
             log.exception("ext_authz Check failed inside asm-proxy")
             await context.abort(
                 grpc.StatusCode.INTERNAL, "asm-proxy internal error during Check; see its log"
             )
+            raise  # abort() raises; this line is never reached
         finally:
             chain.release()

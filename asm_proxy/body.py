@@ -1,8 +1,9 @@
 """Bodies kept as the chunks Envoy sent, joined at most once and only when asked.
 
-A plugin that only looks at the size, or at each chunk as it passes, never causes a copy.
-`Body.data` joins once and caches; a body no plugin replaced goes back to Envoy as
-"continue", never re-sent.
+The server fills a `BodyBuffer` (one per direction of an exchange); plugins see it through
+`Body`, which reads it and records a replacement, nothing more. A plugin that only looks at
+the size, or at each chunk as it passes, never causes a copy. `Body.data` joins once and
+caches; a body no plugin replaced goes back to Envoy as "continue", never re-sent.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from asm_proxy.stats import counters
 from asm_proxy.undo import UndoLog
 
 
-def _as_bytes(data: bytes | bytearray | memoryview | str) -> bytes:
+def as_bytes(data: bytes | bytearray | memoryview | str) -> bytes:
     if isinstance(data, bytes):
         return data
     if isinstance(data, str):
@@ -19,62 +20,33 @@ def _as_bytes(data: bytes | bytearray | memoryview | str) -> bytes:
     return bytes(data)
 
 
-class Body:
-    """One direction's body: the chunks received so far, and a replacement if a plugin set one.
+class BodyBuffer:
+    """The server's side of one direction's body: what arrived, and what replaces it.
 
     `complete` is False while chunks are still arriving and when Envoy sent only a prefix
-    (BUFFERED_PARTIAL past its buffer limit): a plugin that needs the whole document should
-    leave an incomplete body alone.
+    (BUFFERED_PARTIAL past its buffer limit).
     """
 
-    __slots__ = ("_chunks", "_joined", "_replacement", "_size", "_undo", "complete")
+    __slots__ = ("chunks", "complete", "joined", "replacement", "size")
 
-    def __init__(self, undo: UndoLog | None = None) -> None:
-        self._chunks: list[bytes] = []
-        self._joined: bytes | None = None
-        self._replacement: bytes | None = None
-        self._size = 0
-        self._undo = undo
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.joined: bytes | None = None
+        self.replacement: bytes | None = None
+        self.size = 0
         self.complete = False
 
-    # -- filled by the server ------------------------------------------------------
-
-    def add_chunk(self, chunk: bytes) -> None:
+    def add(self, chunk: bytes) -> None:
         if chunk:
-            self._chunks.append(chunk)
-            self._size += len(chunk)
-            self._joined = None
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+            self.joined = None
 
-    # -- for plugins ---------------------------------------------------------------
-
-    @property
-    def size(self) -> int:
-        """Length in bytes of the body as it stands (the replacement, if any)."""
-        if self._replacement is not None:
-            return len(self._replacement)
-        return self._size
-
-    def __len__(self) -> int:
-        return self.size
-
-    @property
-    def received_size(self) -> int:
-        """Length in bytes of what Envoy sent, whatever plugins replaced it with."""
-        return self._size
-
-    @property
-    def chunks(self) -> tuple[bytes, ...]:
-        """The chunks as Envoy sent them (no copy)."""
-        return tuple(self._chunks)
-
-    @property
-    def data(self) -> bytes:
-        """The whole body as one bytes object: joined on first read, cached after."""
-        if self._replacement is not None:
-            return self._replacement
-        joined = self._joined
+    def join(self) -> bytes:
+        """The received body as one bytes object: joined once, cached after."""
+        joined = self.joined
         if joined is None:
-            chunks = self._chunks
+            chunks = self.chunks
             if not chunks:
                 joined = b""
             elif len(chunks) == 1:
@@ -83,24 +55,74 @@ class Body:
                 joined = b"".join(chunks)
                 counters.body_bytes_joined += len(joined)
                 # Keep one object, not two: later joins are free and memory is not doubled.
-                self._chunks = [joined]
-            self._joined = joined
+                self.chunks = [joined]
+            self.joined = joined
         return joined
+
+
+class Body:
+    """One direction's body as a plugin sees it: the chunks received so far, and a
+    replacement if a plugin set one.
+
+    `complete` is False while chunks are still arriving and when Envoy sent only a prefix
+    (BUFFERED_PARTIAL past its buffer limit): a plugin that needs the whole document should
+    leave an incomplete body alone.
+    """
+
+    __slots__ = ("_buffer", "_undo")
+
+    def __init__(self, buffer: BodyBuffer | None = None, undo: UndoLog | None = None) -> None:
+        self._buffer = buffer if buffer is not None else BodyBuffer()
+        self._undo = undo
+
+    @property
+    def complete(self) -> bool:
+        return self._buffer.complete
+
+    @property
+    def size(self) -> int:
+        """Length in bytes of the body as it stands (the replacement, if any)."""
+        buffer = self._buffer
+        if buffer.replacement is not None:
+            return len(buffer.replacement)
+        return buffer.size
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def received_size(self) -> int:
+        """Length in bytes of what Envoy sent, whatever plugins replaced it with."""
+        return self._buffer.size
+
+    @property
+    def chunks(self) -> tuple[bytes, ...]:
+        """The chunks as Envoy sent them (no copy)."""
+        return tuple(self._buffer.chunks)
+
+    @property
+    def data(self) -> bytes:
+        """The whole body as one bytes object: joined on first read, cached after."""
+        buffer = self._buffer
+        if buffer.replacement is not None:
+            return buffer.replacement
+        return buffer.join()
 
     def __bytes__(self) -> bytes:
         return self.data
 
     def replace(self, data: bytes | bytearray | memoryview | str) -> None:
         """Make `data` the body Envoy forwards (str is encoded as UTF-8)."""
-        new = _as_bytes(data)
-        old = self._replacement
+        new = as_bytes(data)
+        buffer = self._buffer
         if self._undo is not None:
+            old = buffer.replacement
 
             def restore() -> None:
-                self._replacement = old
+                buffer.replacement = old
 
             self._undo.record(restore)
-        self._replacement = new
+        buffer.replacement = new
 
     def clear(self) -> None:
         """Forward an empty body."""
@@ -108,46 +130,48 @@ class Body:
 
     @property
     def replaced(self) -> bool:
-        return self._replacement is not None
-
-    @property
-    def replacement(self) -> bytes | None:
-        return self._replacement
+        return self._buffer.replacement is not None
 
     def __repr__(self) -> str:
-        state = "complete" if self.complete else "partial"
-        new = self._replacement
+        buffer = self._buffer
+        state = "complete" if buffer.complete else "partial"
+        new = buffer.replacement
         extra = f", replaced with {len(new)} bytes" if new is not None else ""
-        return f"<Body {self._size} bytes in {len(self._chunks)} chunks, {state}{extra}>"
+        return f"<Body {buffer.size} bytes in {len(buffer.chunks)} chunks, {state}{extra}>"
+
+
+def buffer_of(body: Body) -> BodyBuffer:
+    """The buffer behind a plugin's Body (for the offload pool, which copies chunks)."""
+    return body._buffer
 
 
 class Chunk:
     """One piece of a streamed body, for plugins that work chunk by chunk."""
 
-    __slots__ = ("_replacement", "_undo", "data", "end_of_stream")
+    __slots__ = ("_replaced", "_undo", "data", "end_of_stream")
 
     def __init__(self, data: bytes, end_of_stream: bool, undo: UndoLog | None = None) -> None:
         self.data = data
         self.end_of_stream = end_of_stream
-        self._replacement: bytes | None = None
+        self._replaced = False
         self._undo = undo
 
     def replace(self, data: bytes | bytearray | memoryview | str) -> None:
         """Forward `data` instead of this chunk (later chunk hooks see the new data)."""
-        new = _as_bytes(data)
-        old_data, old_replacement = self.data, self._replacement
+        new = as_bytes(data)
         if self._undo is not None:
+            old_data, old_replaced = self.data, self._replaced
 
             def restore() -> None:
-                self.data, self._replacement = old_data, old_replacement
+                self.data, self._replaced = old_data, old_replaced
 
             self._undo.record(restore)
-        self._replacement = new
+        self._replaced = True
         self.data = new
 
     @property
     def replaced(self) -> bool:
-        return self._replacement is not None
+        return self._replaced
 
     def __len__(self) -> int:
         return len(self.data)

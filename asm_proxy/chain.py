@@ -17,16 +17,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from asm_proxy.exchange import Http
+from asm_proxy import observe
+from asm_proxy.events import REQUEST_TRAILERS, RESPONSE_TRAILERS, Event, Side
+from asm_proxy.exchange import Exchange, Http
 from asm_proxy.matching import PathMatch, RequestPredicate, WorkloadPredicate
+from asm_proxy.observe import Outcome
 from asm_proxy.plugin import BodyAccess, FailStrategy, Phase, Plugin, Respond
 from asm_proxy.stats import counters
 
 log = logging.getLogger("asm_proxy.chain")
-
-REQUEST_EVENTS = ("request_headers", "request_body", "request_body_chunk", "request_trailers")
-RESPONSE_EVENTS = ("response_headers", "response_body", "response_body_chunk", "response_trailers")
-EVENTS = REQUEST_EVENTS + RESPONSE_EVENTS
 
 #: A bound hook method: returns None or a Respond, or an awaitable of one.
 HookFn = Callable[..., Any]
@@ -106,9 +105,10 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class Hook:
     entry: Entry
+    event: Event
     fn: HookFn
     is_async: bool
-    direction: str  # "request" or "response"
+    side: Side
     #: Time kept back for the hooks after this one, so a hook that hangs until the
     #: deadline does not leave later plugins (perhaps fail-closed ones) with none.
     reserve: float = 0.0
@@ -118,14 +118,14 @@ class Hook:
 HOOK_RESERVE = 0.005
 
 
-def _ordered_hooks(entries: tuple[Entry, ...], method: str) -> tuple[Hook, ...]:
-    chosen = [e for e in entries if method in e.plugin.hooks]
-    direction = "request" if method.startswith("on_request") else "response"
+def _ordered_hooks(entries: tuple[Entry, ...], event: Event) -> tuple[Hook, ...]:
+    chosen = [e for e in entries if event in e.plugin.hooks]
     hooks = []
     for i, e in enumerate(chosen):
         reserve = sum(later.timeout or HOOK_RESERVE for later in chosen[i + 1 :])
-        is_async = method in e.plugin.async_hooks
-        hooks.append(Hook(e, getattr(e.plugin, method), is_async, direction, reserve))
+        is_async = event in e.plugin.async_hooks
+        fn = getattr(e.plugin, event.hook)
+        hooks.append(Hook(e, event, fn, is_async, event.side, reserve))
     return tuple(hooks)
 
 
@@ -140,22 +140,23 @@ class Needs:
     response_trailers: bool = False
 
 
-def _needs(entries: Iterable[Entry], http: Http | None = None) -> Needs:
-    """What `entries` need of Envoy; with `http`, leaving out what they said done() to."""
+def _needs(entries: Iterable[Entry], exchange: Exchange | None = None) -> Needs:
+    """What `entries` need of Envoy; with `exchange`, leaving out what plugins said done()
+    to on it."""
     request_body = response_body = BodyAccess.NONE
     request_trailers = response_headers = response_trailers = False
     for entry in entries:
         plugin = entry.plugin
         hooks = plugin.hooks
-        if http is None or not http.is_done(plugin, "request"):
+        if exchange is None or not exchange.is_done(plugin, "request"):
             request_body = max(request_body, plugin.body_access("request"), key=lambda a: a.value)
-            request_trailers = request_trailers or "on_request_trailers" in hooks
-        if http is None or not http.is_done(plugin, "response"):
+            request_trailers = request_trailers or REQUEST_TRAILERS in hooks
+        if exchange is None or not exchange.is_done(plugin, "response"):
             response_body = max(
                 response_body, plugin.body_access("response"), key=lambda a: a.value
             )
-            response_trailers = response_trailers or "on_response_trailers" in hooks
-            response_headers = response_headers or any(h.startswith("on_response_") for h in hooks)
+            response_trailers = response_trailers or RESPONSE_TRAILERS in hooks
+            response_headers = response_headers or any(not e.is_request for e in hooks)
     return Needs(request_body, request_trailers, response_headers, response_body, response_trailers)
 
 
@@ -166,19 +167,18 @@ class Plan:
 
     def __init__(self, entries: tuple[Entry, ...]) -> None:
         self.entries = entries
-        hooks: dict[str, tuple[Hook, ...]] = {}
-        for event in EVENTS:
-            method = "on_" + event
-            ordered = entries if event in REQUEST_EVENTS else tuple(reversed(entries))
-            hooks[event] = _ordered_hooks(ordered, method)
-        self.hooks = hooks
+        backwards = tuple(reversed(entries))
+        self.hooks: dict[Event, tuple[Hook, ...]] = {
+            event: _ordered_hooks(entries if event.is_request else backwards, event)
+            for event in Event
+        }
         self.needs = _needs(entries)
 
-    def needs_now(self, http: Http) -> Needs:
+    def needs_now(self, exchange: Exchange) -> Needs:
         """Needs, leaving out what plugins said `http.done()` to."""
-        if not http._done:
+        if not exchange.done:
             return self.needs
-        return _needs(self.entries, http)
+        return _needs(self.entries, exchange)
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -221,13 +221,13 @@ class Chain:
 
     # -- selection -------------------------------------------------------------------
 
-    def select(self, http: Http, *, authz_only: bool = False) -> Plan:
+    def select(self, exchange: Exchange, *, authz_only: bool = False) -> Plan:
         allowed = self._authz_mask if authz_only else self._all_mask
         if not self._any_scoped:
             mask = allowed
         else:
             mask = 0
-            request = http.request
+            request = exchange.http.request
             path: str | None = None
             workload = None
             for bit, path_test, matches, selects in self._scopes:
@@ -242,7 +242,7 @@ class Chain:
                     continue
                 if selects is not None:
                     if workload is None:
-                        workload = http.workload
+                        workload = exchange.workload()
                     if not selects(workload):
                         continue
                 mask |= bit
@@ -305,7 +305,7 @@ class Chain:
                 "priority": e.priority,
                 "failStrategy": e.fail_strategy.value,
                 "timeout": e.timeout,
-                "hooks": sorted(e.plugin.hooks),
+                "hooks": [event.hook for event in sorted(e.plugin.hooks)],
             }
             for e in self.entries
         ]
@@ -327,7 +327,7 @@ def fail_closed_response(entry: Entry, reason: str) -> Respond:
 
 
 async def run_hooks(
-    hooks: tuple[Hook, ...], http: Http, args: tuple[Any, ...], deadline: float
+    hooks: tuple[Hook, ...], exchange: Exchange, args: tuple[Any, ...], deadline: float
 ) -> Respond | None:
     """Run `hooks` in order until one answers with a Respond (returned) or all are done.
 
@@ -336,11 +336,13 @@ async def run_hooks(
     has its changes undone and is handled per its plugin's fail strategy.
     """
     loop = asyncio.get_running_loop()
-    undo = http.undo
-    done = http._done
+    undo = exchange.undo
+    done = exchange.done
+    http = exchange.http
+    watching = observe.observers
     for hook in hooks:
         entry = hook.entry
-        if done and (id(entry.plugin), hook.direction) in done:
+        if done and (id(entry.plugin), hook.side) in done:
             continue
         start = loop.time()
         remaining = deadline - start
@@ -354,14 +356,17 @@ async def run_hooks(
         if hook.is_async and limit <= 0:
             counters.hook_timeouts += 1
             entry.report("had no time left before the message deadline", None)
+            if watching:
+                _after(_before(watching, hook, http), hook, Outcome.SKIPPED, 0.0, None)
             outcome = _failed(entry, "timeout")
             if outcome is not None:
                 return outcome
             continue
+        tokens = _before(watching, hook, http) if watching else None
         mark = undo.mark()
-        http._current = entry.plugin
+        exchange.current = entry.plugin
         counters.hook_calls += 1
-        failure: str | None = None
+        failure: Outcome | None = None
         error: BaseException | None = None
         result: Any = None
         try:
@@ -378,32 +383,37 @@ async def run_hooks(
                     async with asyncio.timeout(max(limit - (loop.time() - start), 0)):
                         result = await result
                 elif entry.timeout is not None and loop.time() - start > entry.timeout:
-                    failure = "timeout"
+                    failure = Outcome.TIMEOUT
         except TimeoutError as exc:
-            failure, error = "timeout", exc
+            failure, error = Outcome.TIMEOUT, exc
         except Exception as exc:
-            failure, error = "error", exc
+            failure, error = Outcome.ERROR, exc
         finally:
-            http._current = None
+            exchange.current = None
         if failure is None and result is not None and type(result) is not Respond:
-            failure = "error"
+            failure = Outcome.ERROR
             error = TypeError(
                 f"hook {hook.fn.__qualname__} returned {type(result).__name__}; "
                 "return None or a Respond"
             )
         if failure is None:
+            if tokens:
+                ok = Outcome.OK if result is None else Outcome.RESPOND
+                _after(tokens, hook, ok, loop.time() - start, None)
             if result is not None:
                 return result  # type: ignore[no-any-return]
             continue
         undo.rollback(mark)
-        if failure == "timeout":
+        if tokens:
+            _after(tokens, hook, failure, loop.time() - start, error)
+        if failure is Outcome.TIMEOUT:
             counters.hook_timeouts += 1
             ms = (loop.time() - start) * 1000
             entry.report(f"overran its time ({ms:.0f}ms, limit {limit * 1000:.0f}ms)", error)
         else:
             counters.hook_errors += 1
             entry.report(f"failed: {error!r}", error)
-        outcome = _failed(entry, failure)
+        outcome = _failed(entry, failure.value)
         if outcome is not None:
             return outcome
     return None
@@ -415,3 +425,39 @@ def _failed(entry: Entry, reason: str) -> Respond | None:
         return None
     counters.fail_close += 1
     return fail_closed_response(entry, reason)
+
+
+# -- observers: each call guarded, an observer that raises is dropped ----------------------
+
+
+def _drop(observer: observe.HookObserver) -> None:
+    log.exception("hook observer %r failed; it is removed", observer)
+    observe.remove_observer(observer)
+
+
+Watched = list[tuple[observe.HookObserver, Any]]
+
+
+def _before(watching: list[observe.HookObserver], hook: Hook, http: Http) -> Watched:
+    """Each observer with the token its `before` returned."""
+    tokens: Watched = []
+    for observer in list(watching):
+        try:
+            tokens.append((observer, observer.before(hook.entry, hook.event, http)))
+        except Exception:
+            _drop(observer)
+    return tokens
+
+
+def _after(
+    tokens: Watched,
+    hook: Hook,
+    outcome: Outcome,
+    seconds: float,
+    error: BaseException | None,
+) -> None:
+    for observer, token in tokens:
+        try:
+            observer.after(token, hook.entry, hook.event, outcome, seconds, error)
+        except Exception:
+            _drop(observer)

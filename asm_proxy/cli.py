@@ -97,8 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args.config, args.listen, args.workers)
     if args.command == "demo":
-        from asm_proxy.demo import run_demo
-
+        try:
+            from asm_proxy.demo import run_demo
+        except ImportError as exc:
+            print(
+                f"asm-proxy demo: {exc.name} is missing; the demo needs the demo extra and "
+                "the built-in plugins: pip install 'asm-proxy[demo]' asm-proxy-handlers "
+                "(scripts/demo does this)",
+                file=sys.stderr,
+            )
+            return 2
         logging.getLogger("asm_proxy").setLevel(logging.WARNING)
         return asyncio.run(run_demo(args.port, args.check))
     parser.error(f"unknown command {args.command}")

@@ -1,8 +1,7 @@
 """Translation between Envoy's protobuf messages and the plain types plugins use.
 
-The only module besides the servicers that builds or reads Envoy messages. Header values
-are decoded with UTF-8 + surrogateescape, so any bytes survive the round trip unchanged
-while ordinary text reads as text.
+With `replies` (ext_proc answers) and `authz` (Check), the only code that builds or reads
+Envoy messages. Header maps are decoded by `envoy_headers`.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, wrappers_pb2
 
+from asm_proxy.envoy_headers import encode_value
 from asm_proxy.headers import HeaderAction, HeaderOp
 from asm_proxy.plugin import Respond
 from asm_proxy.wire import core, ext_proc
@@ -19,7 +19,7 @@ from asm_proxy.wire import core, ext_proc
 _TRUE = wrappers_pb2.BoolValue(value=True)
 
 
-def _header_value(key: str, value: str, raw: bool) -> Any:
+def _header_value(key: str, value: str, raw: bool) -> core.HeaderValue:
     if not raw:
         try:
             return core.HeaderValue(key=key, value=value.encode("utf-8").decode("utf-8"))
@@ -28,7 +28,7 @@ def _header_value(key: str, value: str, raw: bool) -> Any:
     return core.HeaderValue(key=key, raw_value=encode_value(value))
 
 
-def _option(key: str, action: HeaderAction, value: str, raw: bool = True) -> Any:
+def _option(key: str, action: HeaderAction, value: str, raw: bool = True) -> core.HeaderValueOption:
     """One HeaderValueOption. Appending uses the `append` flag: Envoy's ext_proc reads
     append_action only when it is not 0, and 0 *is* APPEND_IF_EXISTS_OR_ADD, so an
     append_action of APPEND_IF_EXISTS_OR_ADD alone would overwrite."""
@@ -44,30 +44,7 @@ def _option(key: str, action: HeaderAction, value: str, raw: bool = True) -> Any
     )
 
 
-def decode_value(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def encode_value(value: str) -> bytes:
-    return value.encode("utf-8", "surrogateescape")
-
-
-def decode_header_map(header_map: Any) -> dict[str, list[str]]:
-    """{lower-case name: [values]} from an envoy.config.core.v3.HeaderMap."""
-    result: dict[str, list[str]] = {}
-    for h in header_map.headers:
-        raw = h.raw_value
-        value = raw.decode("utf-8", "surrogateescape") if raw else h.value
-        key = h.key
-        values = result.get(key)
-        if values is None:
-            result[key] = [value]
-        else:
-            values.append(value)
-    return result
-
-
-def header_map_of(pairs: Iterable[tuple[str, str]]) -> Any:
+def header_map_of(pairs: Iterable[tuple[str, str]]) -> core.HeaderMap:
     """An envoy.config.core.v3.HeaderMap with raw_value set (for tests and clients)."""
     return core.HeaderMap(
         headers=[core.HeaderValue(key=k, raw_value=encode_value(v)) for k, v in pairs]
@@ -76,11 +53,11 @@ def header_map_of(pairs: Iterable[tuple[str, str]]) -> Any:
 
 #: HeaderMutations already built, by the operations they carry: most plugins set the same
 #: headers to the same values on every request. Callers copy them into their reply.
-_MUTATIONS: dict[tuple[tuple[str, tuple[HeaderOp, ...]], ...], Any] = {}
+_MUTATIONS: dict[tuple[tuple[str, tuple[HeaderOp, ...]], ...], ext_proc.HeaderMutation] = {}
 _MUTATIONS_MAX = 1024
 
 
-def header_mutation(ops: Mapping[str, list[HeaderOp]]) -> Any:
+def header_mutation(ops: Mapping[str, list[HeaderOp]]) -> ext_proc.HeaderMutation:
     """The smallest HeaderMutation with the effect of the recorded operations (shared:
     copy it, do not change it)."""
     key = tuple([(name, tuple(name_ops)) for name, name_ops in ops.items()])
@@ -93,7 +70,7 @@ def header_mutation(ops: Mapping[str, list[HeaderOp]]) -> Any:
     return mutation
 
 
-def _build_header_mutation(ops: Mapping[str, list[HeaderOp]]) -> Any:
+def _build_header_mutation(ops: Mapping[str, list[HeaderOp]]) -> ext_proc.HeaderMutation:
     mutation = ext_proc.HeaderMutation()
     set_headers = mutation.set_headers
     remove = mutation.remove_headers
@@ -106,7 +83,9 @@ def _build_header_mutation(ops: Mapping[str, list[HeaderOp]]) -> Any:
     return mutation
 
 
-def header_value_options(ops: Mapping[str, list[HeaderOp]]) -> tuple[list[Any], list[str]]:
+def header_value_options(
+    ops: Mapping[str, list[HeaderOp]],
+) -> tuple[list[core.HeaderValueOption], list[str]]:
     """(HeaderValueOptions, names to remove) for ext_authz, which reads `value`, not
     `raw_value`."""
     options = []
@@ -120,18 +99,18 @@ def header_value_options(ops: Mapping[str, list[HeaderOp]]) -> tuple[list[Any], 
     return options, removed
 
 
-def struct_to_dict(message: Any) -> dict[str, Any]:
+def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
     result: dict[str, Any] = json_format.MessageToDict(message)
     return result
 
 
-def dict_to_struct(values: Mapping[str, Any]) -> Any:
+def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(dict(values))
     return out
 
 
-def attributes_of(attributes: Mapping[str, Any]) -> dict[str, Any]:
+def attributes_of(attributes: Mapping[str, struct_pb2.Struct]) -> dict[str, Any]:
     """Flatten ProcessingRequest.attributes ({filter name: Struct}) to {attribute: value}."""
     flat: dict[str, Any] = {}
     for value in attributes.values():
@@ -139,12 +118,14 @@ def attributes_of(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def metadata_of(metadata: Any) -> dict[str, Any]:
+def metadata_of(metadata: core.Metadata) -> dict[str, Any]:
     """{namespace: {...}} from an envoy.config.core.v3.Metadata (untyped namespaces)."""
     return {ns: struct_to_dict(value) for ns, value in metadata.filter_metadata.items()}
 
 
-def dynamic_metadata(out: Mapping[str | None, Mapping[str, Any]], default_namespace: str) -> Any:
+def dynamic_metadata(
+    out: Mapping[str | None, Mapping[str, Any]], default_namespace: str
+) -> struct_pb2.Struct:
     """The Struct {namespace: {key: value}} Envoy files under each namespace."""
     merged: dict[str, dict[str, Any]] = {}
     for namespace, values in out.items():
@@ -162,7 +143,7 @@ def respond_header_ops(respond: Respond) -> dict[str, list[HeaderOp]]:
     return ops
 
 
-def immediate_response(respond: Respond) -> Any:
+def immediate_response(respond: Respond) -> ext_proc.ImmediateResponse:
     reply = ext_proc.ImmediateResponse(
         status=core.HttpStatus(code=respond.status),
         body=respond.body_bytes(),

@@ -1,82 +1,152 @@
-"""`Http`: what a plugin sees of one HTTP exchange (one ext_proc stream or one Check call).
+"""One HTTP exchange: the server's `Exchange` state and the `Http` view plugins get.
 
-Plugins read and change the request and response through it; the server turns the
-changes into one ProcessingResponse per message. Attributes and metadata arrive from
-Envoy as protobuf Structs and are converted only if a plugin reads them.
+`Exchange` holds what the server keeps per exchange (the two `Direction`s, the undo log,
+metadata and route-cache intents not yet sent, which plugins said they are done, their
+state slots, the running plugin). `Http`, `Request` and `Response` are what a plugin
+holds: they read the exchange and record intents, and offer nothing else. Attributes and
+metadata arrive from Envoy as protobuf Structs and are converted only if a plugin reads
+them.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from asm_proxy.body import Body
-from asm_proxy.headers import HeaderOp, Headers
-from asm_proxy.identity import UNKNOWN, Workload
+from asm_proxy.direction import Direction
+from asm_proxy.events import Side
+from asm_proxy.headers import Headers, record_into
+from asm_proxy.hosts import split_host_port
+from asm_proxy.identity import UNKNOWN, Workload, from_attributes
 from asm_proxy.undo import UndoLog
 
 if TYPE_CHECKING:
     from asm_proxy.plugin import Plugin
 
-#: Header names whose change makes Envoy pick the route again.
-ROUTING_HEADERS = frozenset({":authority", ":path", "host", ":method", ":scheme"})
+LazyMap = Callable[[], dict[str, Any]]
+#: take_metadata()'s answer when there is none (never changed by callers).
+_NO_METADATA: dict[str | None, dict[str, Any]] = {}
+
+_SIDES: tuple[Side, ...] = ("request", "response")
+
+
+class Exchange:
+    """The server's state of one exchange (one ext_proc stream or one Check call).
+
+    Most of it is empty for most exchanges, so the defaults are class attributes and the
+    containers are made on first use: starting an exchange sets five fields."""
+
+    _attribute_sources: list[LazyMap] | None = None
+    _attributes: dict[str, Any] | None = None
+    _metadata_source: LazyMap | None = None
+    _metadata: dict[str, Any] | None = None
+    _peer: Workload | None = None
+    _workload: Workload | None = None
+    #: Dynamic metadata set since the last reply, by namespace (None: the server's).
+    metadata_out: dict[str | None, dict[str, Any]] | None = None
+    route_cache = False
+    #: Each plugin's `http.state`, by id(plugin).
+    slots: dict[int, Any] | None = None
+    #: The plugin whose hook is running (for `http.state` and `http.done()`).
+    current: Plugin | None = None
+    #: (id(plugin), side) for each side a plugin said it needs no more of.
+    done: set[tuple[int, Side]] | None = None
+
+    def __init__(
+        self, request_headers: Headers | None = None, *, peer: Workload | None = None
+    ) -> None:
+        undo = UndoLog()
+        self.undo = undo
+        self.request = Direction("request", undo)
+        self.response = Direction("response", undo)
+        if request_headers is not None:
+            record_into(request_headers, undo)
+            self.request.headers = request_headers
+        if peer is not None:
+            self._peer = peer
+        self.http = Http(self)
+
+    # -- what Envoy sent ------------------------------------------------------------
+
+    def add_attributes(self, source: LazyMap) -> None:
+        if self._attribute_sources is None:
+            self._attribute_sources = []
+        self._attribute_sources.append(source)
+
+    def set_metadata_source(self, source: LazyMap) -> None:
+        self._metadata_source = source
+        self._metadata = None
+
+    def attributes(self) -> Mapping[str, Any]:
+        if self._attribute_sources:
+            merged = dict(self._attributes or {})
+            for source in self._attribute_sources:
+                merged.update(source())
+            self._attribute_sources.clear()
+            self._attributes = merged
+            self._workload = None
+        return self._attributes or {}
+
+    def metadata(self) -> Mapping[str, Any]:
+        if self._metadata_source is not None:
+            self._metadata = self._metadata_source()
+            self._metadata_source = None
+        return self._metadata or {}
+
+    def workload(self) -> Workload:
+        if self._workload is None:
+            attributes = self.attributes()
+            peer = self._peer
+            self._workload = from_attributes(attributes, peer) if attributes or peer else UNKNOWN
+        return self._workload
+
+    # -- what plugins asked for, taken by the reply that carries it -------------------
+
+    def take_metadata(self) -> dict[str | None, dict[str, Any]]:
+        out = self.metadata_out
+        if not out:
+            return _NO_METADATA
+        self.metadata_out = None
+        return {ns: values for ns, values in out.items() if values}
+
+    def take_route_cache(self) -> bool:
+        flag = self.route_cache
+        self.route_cache = False
+        return flag
+
+    def is_done(self, plugin: Plugin, side: Side) -> bool:
+        done = self.done
+        return done is not None and (id(plugin), side) in done
 
 
 class Message:
-    """One direction of the exchange: headers, body and trailers."""
+    """One side of the exchange as a plugin sees it: headers, body and trailers."""
 
-    __slots__ = ("_body", "_headers", "_raw_headers", "_trailers", "_undo")
+    __slots__ = ("_body", "_d")
 
-    def __init__(self, undo: UndoLog, headers: Headers | None = None) -> None:
-        self._undo = undo
-        self._headers = headers
-        self._raw_headers: Any = None
+    def __init__(self, direction: Direction) -> None:
+        self._d = direction
         self._body: Body | None = None
-        self._trailers: Headers | None = None
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._d.headers
+        return headers if headers is not None else self._d.headers_view()
 
     @property
     def body(self) -> Body:
         body = self._body
         if body is None:
-            body = self._body = Body(self._undo)
+            d = self._d
+            body = self._body = Body(d.buffer(), d.undo)
         return body
 
     @property
     def trailers(self) -> Headers:
-        trailers = self._trailers
-        if trailers is None:
-            trailers = self._trailers = Headers(undo=self._undo)
-        return trailers
-
-    @trailers.setter
-    def trailers(self, value: Headers) -> None:
-        self._trailers = value
-
-    @property
-    def headers(self) -> Headers:
-        headers = self._headers
-        if headers is None:
-            # Decoded on first read: a phase no plugin looks at costs no decoding.
-            raw, self._raw_headers = self._raw_headers, None
-            undo = self._undo
-            headers = Headers(undo=undo) if raw is None else Headers._lazy(raw, undo)
-            self._headers = headers
-        return headers
-
-    @headers.setter
-    def headers(self, value: Headers) -> None:
-        self._headers, self._raw_headers = value, None
-
-    def _receive_headers(self, header_map: Any) -> None:
-        """Take Envoy's HeaderMap as this message's headers (decoded when first read)."""
-        self._headers, self._raw_headers = None, header_map
-
-    def _take_header_ops(self) -> dict[str, list[HeaderOp]]:
-        """The header changes recorded since the last call (none if nobody read them)."""
-        headers = self._headers
-        return headers.take_ops() if headers is not None else {}
+        trailers = self._d.trailers
+        return trailers if trailers is not None else self._d.trailers_view()
 
 
 class Request(Message):
@@ -84,8 +154,8 @@ class Request(Message):
 
     __slots__ = ("_path_of", "_path_only")
 
-    def __init__(self, undo: UndoLog, headers: Headers | None = None) -> None:
-        super().__init__(undo, headers)
+    def __init__(self, direction: Direction) -> None:
+        super().__init__(direction)
         self._path_of: str | None = None
         self._path_only = ""
 
@@ -158,80 +228,23 @@ class Response(Message):
             return 0
 
 
-def split_host_port(authority: str) -> tuple[str, str | None]:
-    """("example.com", "8080") from "example.com:8080"; IPv6 literals keep their brackets off."""
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end > 0:
-            rest = authority[end + 1 :]
-            return authority[1:end], rest[1:] if rest.startswith(":") else None
-        return authority, None
-    head, sep, port = authority.rpartition(":")
-    if sep and head and port.isdigit() and ":" not in head:
-        return head, port
-    return authority, None
-
-
-_HOST_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
-
-
-def normalize_host(name: str) -> str | None:
-    """`name` lower-cased without its trailing dot, or None if it is not a DNS host name
-    (dot-separated labels of letters, digits, '-' and '_')."""
-    host = name.strip().rstrip(".").lower()
-    if not host or len(host) > 253:
-        return None
-    if not all(_HOST_LABEL.match(label) for label in host.split(".")):
-        return None
-    return host
-
-
-LazyMap = Callable[[], dict[str, Any]]
-
-
 class Http:
     """One HTTP exchange as plugins see it."""
 
-    __slots__ = (
-        "_attribute_sources",
-        "_attributes",
-        "_current",
-        "_done",
-        "_metadata",
-        "_metadata_out",
-        "_metadata_source",
-        "_peer",
-        "_route_cache",
-        "_slots",
-        "_workload",
-        "request",
-        "response",
-        "undo",
-    )
+    __slots__ = ("_response", "_x", "request")
 
-    def __init__(
-        self,
-        request_headers: Headers | None = None,
-        *,
-        peer: Workload | None = None,
-    ) -> None:
-        undo = UndoLog()
-        self.undo = undo
-        if request_headers is not None:
-            request_headers._undo = undo
-        self.request = Request(undo, request_headers)
-        self.response = Response(undo)
-        self._attribute_sources: list[LazyMap] = []
-        self._attributes: dict[str, Any] | None = None
-        self._metadata_source: LazyMap | None = None
-        self._metadata: dict[str, Any] | None = None
-        self._metadata_out: dict[str | None, dict[str, Any]] = {}
-        self._peer = peer
-        self._workload: Workload | None = None
-        self._slots: dict[int, Any] = {}
-        self._current: Plugin | None = None
-        self._done: set[tuple[int, str]] = set()  # (plugin id, "request" | "response")
-        self._route_cache = False
+    def __init__(self, exchange: Exchange) -> None:
+        self._x = exchange
+        self.request = Request(exchange.request)
+        self._response: Response | None = None
+
+    @property
+    def response(self) -> Response:
+        """The response (made on first use: most plugins never look at it)."""
+        response = self._response
+        if response is None:
+            response = self._response = Response(self._x.response)
+        return response
 
     # -- what Envoy told us ------------------------------------------------------
 
@@ -239,58 +252,47 @@ class Http:
     def attributes(self) -> Mapping[str, Any]:
         """Envoy attributes asked for in the filter's request/response_attributes,
         by name: {"source.address": "10.0.0.7:51234", "request.path": "/x", ...}."""
-        if self._attribute_sources:
-            merged = dict(self._attributes or {})
-            for source in self._attribute_sources:
-                merged.update(source())
-            self._attribute_sources.clear()
-            self._attributes = merged
-            self._workload = None
-        return self._attributes or {}
+        return self._x.attributes()
 
     @property
     def metadata(self) -> Mapping[str, Any]:
         """Envoy dynamic metadata forwarded to us, by namespace (metadata_context)."""
-        if self._metadata_source is not None:
-            self._metadata = self._metadata_source()
-            self._metadata_source = None
-        return self._metadata or {}
+        return self._x.metadata()
 
     @property
     def workload(self) -> Workload:
         """The calling workload, from what Envoy proves (see asm_proxy.identity)."""
-        if self._workload is None:
-            from asm_proxy.identity import from_attributes
-
-            attributes = self.attributes
-            self._workload = (
-                from_attributes(attributes, self._peer) if attributes or self._peer else UNKNOWN
-            )
-        return self._workload
+        return self._x.workload()
 
     # -- per-plugin state ----------------------------------------------------------
 
     @property
     def state(self) -> Any:
         """The running plugin's own slot for this exchange (made by its `new_state()`)."""
-        plugin = self._current
+        x = self._x
+        plugin = x.current
         if plugin is None:
             raise RuntimeError("http.state is only available inside a plugin hook")
         key = id(plugin)
+        slots = x.slots
+        if slots is None:
+            slots = x.slots = {}
         try:
-            return self._slots[key]
+            return slots[key]
         except KeyError:
-            value = self._slots[key] = plugin.new_state()
+            value = slots[key] = plugin.new_state()
             return value
 
     @state.setter
     def state(self, value: Any) -> None:
-        plugin = self._current
-        if plugin is None:
+        x = self._x
+        if x.current is None:
             raise RuntimeError("http.state is only available inside a plugin hook")
-        self._slots[id(plugin)] = value
+        if x.slots is None:
+            x.slots = {}
+        x.slots[id(x.current)] = value
 
-    def done(self, direction: str | None = None) -> None:
+    def done(self, direction: Side | None = None) -> None:
         """The running plugin needs no more hooks on this exchange, or none more on its
         "request" or "response" side; phases nobody else needs are then skipped (Envoy is
         told through mode_override at the next headers reply)."""
@@ -298,17 +300,23 @@ class Http:
             raise ValueError(
                 f"http.done(): direction must be 'request' or 'response', not {direction!r}"
             )
-        if self._current is not None:
-            key = id(self._current)
-            for side in (direction,) if direction else ("request", "response"):
-                self._done.add((key, side))
+        x = self._x
+        if x.current is not None:
+            key = id(x.current)
+            if x.done is None:
+                x.done = set()
+            for side in (direction,) if direction else _SIDES:
+                x.done.add((key, side))
 
     # -- intents -------------------------------------------------------------------
 
     def set_metadata(self, key: str, value: Any, namespace: str | None = None) -> None:
         """Emit dynamic metadata `key: value` (JSON-like value) under the server's
         namespace, or under `namespace` if given; Envoy's access log can print it."""
-        bucket = self._metadata_out.setdefault(namespace, {})
+        x = self._x
+        if x.metadata_out is None:
+            x.metadata_out = {}
+        bucket = x.metadata_out.setdefault(namespace, {})
         missing = object()
         old = bucket.get(key, missing)
 
@@ -318,38 +326,20 @@ class Http:
             else:
                 bucket[key] = old
 
-        self.undo.record(restore)
+        x.undo.record(restore)
         bucket[key] = value
 
     def clear_route_cache(self) -> None:
         """Make Envoy pick the route again after this message (automatic when :authority,
         :path or host change; call it when a route matches on another header you set)."""
-        if not self._route_cache:
-            self.undo.record(self._unset_route_cache)
-        self._route_cache = True
+        x = self._x
+        if not x.route_cache:
+            x.undo.record(_unset_route_cache(x))
+        x.route_cache = True
 
-    def _unset_route_cache(self) -> None:
-        self._route_cache = False
 
-    # -- for the server ------------------------------------------------------------
+def _unset_route_cache(x: Exchange) -> Callable[[], None]:
+    def unset() -> None:
+        x.route_cache = False
 
-    def add_attributes(self, source: LazyMap) -> None:
-        self._attribute_sources.append(source)
-
-    def set_metadata_source(self, source: LazyMap) -> None:
-        self._metadata_source = source
-        self._metadata = None
-
-    def take_metadata(self) -> dict[str | None, dict[str, Any]]:
-        out = self._metadata_out
-        if out:
-            self._metadata_out = {}
-        return {ns: values for ns, values in out.items() if values}
-
-    def take_route_cache(self) -> bool:
-        flag = self._route_cache
-        self._route_cache = False
-        return flag
-
-    def is_done(self, plugin: Plugin, direction: str) -> bool:
-        return (id(plugin), direction) in self._done
+    return unset

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Iterator
-from typing import Any
 
+from asm_proxy.envoy_headers import EnvoyHeaderMap, decode_header_map
 from asm_proxy.undo import UndoLog
 
 
@@ -64,7 +64,7 @@ class Headers:
     ) -> None:
         m: dict[str, list[str]] = {}
         self._m: dict[str, list[str]] | None = m
-        self._raw: Any = None
+        self._raw: EnvoyHeaderMap | None = None
         self._pending: dict[str, list[str]] | None = None
         self._ops: dict[str, list[HeaderOp]] = {}
         self._undo = undo
@@ -75,35 +75,11 @@ class Headers:
             else:
                 values.append(value)
 
-    @classmethod
-    def _adopt(cls, mapping: dict[str, list[str]], undo: UndoLog | None) -> Headers:
-        """Wrap an already-built {lower-case name: values} dict without copying it."""
-        self = cls.__new__(cls)
-        self._m = mapping
-        self._raw = None
-        self._pending = None
-        self._ops = {}
-        self._undo = undo
-        return self
-
-    @classmethod
-    def _lazy(cls, header_map: Any, undo: UndoLog | None) -> Headers:
-        """Wrap Envoy's HeaderMap, decoded on the first read: a plugin that only sets
-        headers never pays for decoding the others."""
-        self = cls.__new__(cls)
-        self._m = None
-        self._raw = header_map
-        self._pending = None
-        self._ops = {}
-        self._undo = undo
-        return self
-
     @property
     def _map(self) -> dict[str, list[str]]:
         m = self._m
         if m is None:
-            from asm_proxy.codec import decode_header_map
-
+            assert self._raw is not None
             m = decode_header_map(self._raw)
             if self._pending:
                 for key, values in self._pending.items():
@@ -113,8 +89,6 @@ class Headers:
 
     def _raw_values(self, key: str) -> list[str] | None:
         """`key`'s values as Envoy sent them (to undo a change made before decoding)."""
-        from asm_proxy.codec import decode_header_map
-
         return decode_header_map(self._raw).get(key) if self._raw is not None else None
 
     # -- reading ---------------------------------------------------------------
@@ -250,22 +224,6 @@ class Headers:
         if not self.remove(name):
             raise KeyError(name)
 
-    # -- for the server ----------------------------------------------------------
-
-    @property
-    def changed(self) -> bool:
-        return bool(self._ops)
-
-    def changed_names(self) -> list[str]:
-        return list(self._ops)
-
-    def take_ops(self) -> dict[str, list[HeaderOp]]:
-        """Hand over the operations recorded since the last call and start afresh."""
-        ops = self._ops
-        if ops:
-            self._ops = {}
-        return ops
-
     def _set_undecoded(self, key: str, values: list[str]) -> None:
         """Replace `key`'s values before anything was decoded: kept aside, applied when the
         map is decoded."""
@@ -319,6 +277,46 @@ class Headers:
                 self._ops[key] = old_ops
 
         undo.record(restore)
+
+
+# -- for the server: not methods, so a plugin's Headers offers only the plugin API --------
+
+
+def _made(
+    m: dict[str, list[str]] | None, raw: EnvoyHeaderMap | None, undo: UndoLog | None
+) -> Headers:
+    headers = Headers.__new__(Headers)
+    headers._m = m
+    headers._raw = raw
+    headers._pending = None
+    headers._ops = {}
+    headers._undo = undo
+    return headers
+
+
+def from_envoy(header_map: EnvoyHeaderMap, undo: UndoLog | None) -> Headers:
+    """Wrap Envoy's HeaderMap, decoded on the first read: a plugin that only sets headers
+    never pays for decoding the others."""
+    return _made(None, header_map, undo)
+
+
+def adopt(mapping: dict[str, list[str]], undo: UndoLog | None) -> Headers:
+    """Wrap an already-built {lower-case name: values} dict without copying it."""
+    return _made(mapping, None, undo)
+
+
+def record_into(headers: Headers, undo: UndoLog) -> None:
+    """Make `headers` record how to undo its changes in `undo` (headers built before the
+    exchange they belong to, as in ext_authz and tests)."""
+    headers._undo = undo
+
+
+def take_ops(headers: Headers) -> dict[str, list[HeaderOp]]:
+    """Hand over the operations recorded since the last call and start afresh."""
+    ops = headers._ops
+    if ops:
+        headers._ops = {}
+    return ops
 
 
 def media_type(content_type: str | None) -> str:

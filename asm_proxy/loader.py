@@ -24,7 +24,7 @@ from asm_proxy.config import (
     problems_from_validation,
 )
 from asm_proxy.matching import compile_match, compile_selector
-from asm_proxy.plugin import FailStrategy, Plugin
+from asm_proxy.plugin import FailStrategy, Plugin, PluginDefinitionError, prepare
 from asm_proxy.registry import UnknownPluginType, resolve
 
 
@@ -62,11 +62,19 @@ def _make_plugin(
         )
         return None
     try:
-        return cls(config)
+        plugin = cls(config)
     except Exception as exc:  # a plugin refusing its config in __init__
         line = parsed.lines.line(("plugins", index, key))
         problems.append(ConfigProblem(parsed.path, line, who, key, f"{type(exc).__name__}: {exc}"))
         return None
+    name = raw_entry.get("name") if isinstance(raw_entry, dict) else None
+    try:
+        prepare(plugin, name if isinstance(name, str) else type_name)
+    except PluginDefinitionError as exc:  # what __init__ did to `hooks` cannot work
+        line = parsed.lines.line(("plugins", index, "type"))
+        problems.append(ConfigProblem(parsed.path, line, who, "type", str(exc)))
+        return None
+    return plugin
 
 
 def build_chain(parsed: ParsedFile) -> Chain:
@@ -89,7 +97,6 @@ def build_chain(parsed: ParsedFile) -> Chain:
         plugin = _make_plugin(parsed, index, spec.type, spec.config, problems)
         if plugin is None:
             continue
-        plugin._bind_name(spec.name)
         entries.append(
             Entry(
                 index=index,

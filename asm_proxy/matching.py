@@ -10,7 +10,8 @@ import re
 from collections.abc import Callable, Sequence
 
 from asm_proxy.config import HeaderMatch, MatchRule, Selector, StringMatch
-from asm_proxy.exchange import Request, split_host_port
+from asm_proxy.exchange import Request
+from asm_proxy.hosts import split_host_port
 from asm_proxy.identity import Workload
 
 StrPredicate = Callable[[str], bool]

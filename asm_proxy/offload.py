@@ -189,8 +189,8 @@ class _Slot:
         buf = _buf(self.input)
         if isinstance(data, Body):
             at = 0
-            for chunk in (data.replacement,) if data.replaced else data.chunks:
-                assert chunk is not None
+            # A replaced body is one bytes object already (`data` is then no join).
+            for chunk in (data.data,) if data.replaced else data.chunks:
                 buf[at : at + len(chunk)] = chunk
                 at += len(chunk)
         else:
@@ -246,6 +246,15 @@ class OffloadPool:
             slot = _Slot(self)
             self._slots.append(slot)
             self._idle.put_nowait(slot)
+
+    def segments(self) -> set[str]:
+        """The names of the shared memory segments the pool holds now (for leak checks)."""
+        names = set()
+        for slot in self._slots:
+            if slot.input is not None:
+                names.add(slot.input.name)
+            names |= {shm.name for shm in slot.outputs.values()}
+        return names
 
     def _release(self, slot: _Slot) -> None:
         if self._idle is not None and slot in self._slots:

@@ -8,13 +8,18 @@
             http.request.headers.set("x-tenant", self.config.tenant)
             return None
 
-A hook is any of the `on_*` methods in HOOKS, plain or `async`. It returns None to carry
-on or a `Respond` to answer the client now (which stops the chain). A plugin never sees
-protobuf or the gRPC stream; everything it changes goes through the `Http` view.
+A hook is a method named after an `Event` (`on_request_headers`, ...; see HOOKS), plain or
+`async`. It returns None to carry on or a `Respond` to answer the client now (which stops
+the chain). A plugin never sees protobuf or the gRPC stream; everything it changes goes
+through the `Http` view.
+
+Hooks are checked when the class is defined: a method whose name starts with `on_` must be
+a hook, and take the hook's arguments, or the class is refused naming the method.
 """
 
 from __future__ import annotations
 
+import difflib
 import enum
 import inspect
 import logging
@@ -24,6 +29,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+
+from asm_proxy.events import BY_HOOK, Event, Side, body_of, chunk_of
+
+#: Every hook method name, in the order Envoy sends the events of each side.
+HOOKS: tuple[str, ...] = tuple(e.hook for e in Event)
 
 
 class Phase(enum.IntEnum):
@@ -48,18 +58,6 @@ class BodyAccess(enum.Enum):
     NONE = 0
     CHUNKS = 1  # on_*_body_chunk only: each chunk as it passes (STREAMED is enough)
     WHOLE = 2  # on_*_body: the complete body at once (BUFFERED)
-
-
-HOOKS: tuple[str, ...] = (
-    "on_request_headers",
-    "on_request_body",
-    "on_request_body_chunk",
-    "on_request_trailers",
-    "on_response_headers",
-    "on_response_body",
-    "on_response_body_chunk",
-    "on_response_trailers",
-)
 
 
 class PluginConfig(BaseModel):
@@ -96,6 +94,10 @@ class Respond:
         return self.body.encode("utf-8") if isinstance(self.body, str) else bytes(self.body)
 
 
+class PluginDefinitionError(TypeError):
+    """A plugin class (or instance) that cannot work as written: the message names it."""
+
+
 class Plugin:
     """Base class of every plugin. Subclasses set `Config` and define the hooks they need.
 
@@ -106,11 +108,11 @@ class Plugin:
 
     Config: ClassVar[type[PluginConfig]] = PluginConfig
 
-    #: The hooks this plugin runs. Filled from the methods the class defines; an instance
-    #: may narrow it in __init__ (a config that needs no response hook should not make
-    #: Envoy send the response).
-    hooks: frozenset[str] = frozenset()
-    async_hooks: frozenset[str] = frozenset()
+    #: The events this plugin handles. Filled from the hook methods the class defines; an
+    #: instance may narrow it in __init__ (a config that needs no response hook should not
+    #: make Envoy send the response): `self.hooks = frozenset({Event.REQUEST_HEADERS})`.
+    hooks: frozenset[Event] = frozenset()
+    async_hooks: frozenset[Event] = frozenset()
 
     #: True for a plugin that decides who gets in (authentication, authorization): a
     #: failure under FAIL_OPEN lets the request through unchecked, so such an entry draws a
@@ -123,26 +125,29 @@ class Plugin:
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    def _bind_name(self, name: str) -> None:
-        """Give the instance its configured name and a logger of that name."""
-        self.name = name
-        self.log = logging.getLogger(f"asm_proxy.plugin.{name}")
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        found = {hook for hook in HOOKS if callable(getattr(cls, hook, None))}
+        if not (isinstance(cls.Config, type) and issubclass(cls.Config, PluginConfig)):
+            raise PluginDefinitionError(
+                f"{_qualname(cls)}.Config must be a subclass of PluginConfig"
+            )
+        found: set[Event] = set()
+        for name, fn in _hook_like_methods(cls):
+            event = BY_HOOK.get(name)
+            if event is None:
+                raise PluginDefinitionError(_not_a_hook(cls, name))
+            _check_signature(cls, name, fn, event)
+            found.add(event)
         cls.hooks = frozenset(found)
         cls.async_hooks = frozenset(
-            hook for hook in found if inspect.iscoroutinefunction(getattr(cls, hook))
+            e for e in found if inspect.iscoroutinefunction(getattr(cls, e.hook))
         )
-        if not (isinstance(cls.Config, type) and issubclass(cls.Config, PluginConfig)):
-            raise TypeError(f"{cls.__name__}.Config must be a subclass of PluginConfig")
 
-    def body_access(self, direction: str) -> BodyAccess:
+    def body_access(self, side: Side) -> BodyAccess:
         """What this plugin needs of the `request` or `response` body."""
-        if f"on_{direction}_body" in self.hooks:
+        if body_of(side) in self.hooks:
             return BodyAccess.WHOLE
-        if f"on_{direction}_body_chunk" in self.hooks:
+        if chunk_of(side) in self.hooks:
             return BodyAccess.CHUNKS
         return BodyAccess.NONE
 
@@ -155,3 +160,86 @@ class Plugin:
 
     async def close(self) -> None:
         """Called once after the last stream using this instance has finished."""
+
+
+def prepare(plugin: Plugin, name: str) -> None:
+    """Give a constructed plugin its configured name and logger, and check what its
+    `__init__` did to `hooks`: only events its class has methods for."""
+    cls = type(plugin)
+    hooks = plugin.hooks
+    if not isinstance(hooks, frozenset | set) or not all(isinstance(e, Event) for e in hooks):
+        raise PluginDefinitionError(
+            f"{_qualname(cls)}: self.hooks must be a set of Event members "
+            f"(e.g. frozenset({{Event.REQUEST_HEADERS}})), not {hooks!r}"
+        )
+    extra = set(hooks) - cls.hooks
+    if extra:
+        missing = ", ".join(sorted(e.hook for e in extra))
+        raise PluginDefinitionError(
+            f"{_qualname(cls)}: self.hooks names {missing}, which the class does not define"
+        )
+    plugin.hooks = frozenset(hooks)
+    plugin.async_hooks = frozenset(
+        e for e in plugin.hooks if inspect.iscoroutinefunction(getattr(plugin, e.hook))
+    )
+    plugin.name = name
+    plugin.log = logging.getLogger(f"asm_proxy.plugin.{name}")
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _hook_like_methods(cls: type) -> list[tuple[str, Any]]:
+    """The methods named `on_*` that `cls` and its bases (below Plugin) define."""
+    found: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if klass is Plugin or klass is object:
+            continue
+        for name, value in vars(klass).items():
+            if name.startswith("on_") and name not in found:
+                fn = value.__func__ if isinstance(value, staticmethod | classmethod) else value
+                if callable(fn):
+                    found[name] = fn
+    return sorted(found.items())
+
+
+def _not_a_hook(cls: type, name: str) -> str:
+    close = difflib.get_close_matches(name, HOOKS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return (
+        f"{_qualname(cls)}.{name} is not a hook{hint}. A method named on_* must be one of: "
+        f"{', '.join(HOOKS)}"
+    )
+
+
+def _check_signature(cls: type, name: str, fn: Any, event: Event) -> None:
+    """The hook is called as fn(self, http) or, for chunks, fn(self, http, chunk)."""
+    wanted = 3 if event.takes_chunk else 2
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a callable without an introspectable signature: it is called as documented
+    params = list(signature.parameters.values())
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    keyword_required = [
+        p
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+    if len(required) <= wanted and (len(positional) >= wanted or varargs) and not keyword_required:
+        return
+    call = "(self, http, chunk)" if event.takes_chunk else "(self, http)"
+    bare = signature.replace(
+        parameters=[p.replace(annotation=inspect.Parameter.empty) for p in params],
+        return_annotation=inspect.Signature.empty,
+    )
+    raise PluginDefinitionError(
+        f"{_qualname(cls)}.{name}{bare} does not fit the hook: it is called as {name}{call}"
+    )

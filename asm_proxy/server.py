@@ -1,8 +1,8 @@
 """The gRPC server: ExternalProcessor, Authorization and Health on one port.
 
-`ServerState` holds the running settings and chain. A reload builds and starts a whole new
-chain first and swaps it in with one assignment; streams already running keep the chain
-they started with, and the old chain is closed when the last of them ends.
+`ServerState` (asm_proxy.state) holds the running settings and chain. A reload builds and
+starts a whole new chain first and swaps it in with one assignment; streams already running
+keep the chain they started with, and the old chain is closed when the last of them ends.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings
 from asm_proxy.loader import Loaded, load, load_text
 from asm_proxy.reload import ConfigWatcher
+from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
 from asm_proxy.stream import ProtocolError, Stream
 from asm_proxy.wire import (
@@ -37,25 +38,6 @@ from asm_proxy.wire import (
 )
 
 log = logging.getLogger("asm_proxy.server")
-
-
-class ServerState:
-    """What every new stream starts from; replaced as a whole on reload."""
-
-    def __init__(self, settings: ServerSettings, chain: Chain) -> None:
-        self.settings = settings
-        self.chain = chain
-        self._closing: set[asyncio.Task[None]] = set()
-
-    def install(self, settings: ServerSettings, chain: Chain) -> None:
-        old = self.chain
-        self.settings, self.chain = settings, chain
-        old.retire(lambda: self._close_later(old))
-
-    def _close_later(self, chain: Chain) -> None:
-        task = asyncio.get_running_loop().create_task(chain.close())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
 
 
 class _ResetAfterLastAnswer(logging.Filter):
@@ -83,7 +65,7 @@ class ExternalProcessorServicer:
     def __init__(self, state: ServerState) -> None:
         self._state = state
 
-    async def Process(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+    async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         state = self._state
         chain = state.chain
         chain.acquire()

@@ -19,12 +19,15 @@ from typing import Any
 
 from asm_proxy import codec
 from asm_proxy.chain import Chain, Entry
-from asm_proxy.config import MatchRule, Selector, ServerSettings
+from asm_proxy.config import ConfigError, MatchRule, Selector, ServerSettings
+from asm_proxy.envoy_headers import decode_header_map, decode_value
+from asm_proxy.exchange import Http
 from asm_proxy.headers import Headers
-from asm_proxy.loader import build_chain
+from asm_proxy.loader import build_chain, load_text
 from asm_proxy.matching import compile_match, compile_selector
-from asm_proxy.plugin import FailStrategy, Phase, Plugin
-from asm_proxy.wire import ProcessingMode, core, ext_proc
+from asm_proxy.plugin import FailStrategy, Phase, Plugin, prepare
+from asm_proxy.stream import Stream
+from asm_proxy.wire import BodySendMode, ProcessingMode, core, ext_proc
 
 HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -41,11 +44,11 @@ class messages:
 
     @staticmethod
     def _with(
-        msg: Any,
+        msg: ext_proc.ProcessingRequest,
         attributes: Mapping[str, Any] | None,
         protocol: Mapping[str, Any] | None,
         observability: bool,
-    ) -> Any:
+    ) -> ext_proc.ProcessingRequest:
         if attributes:
             msg.attributes["envoy.filters.http.ext_proc"].CopyFrom(codec.dict_to_struct(attributes))
         if protocol is not None:
@@ -63,7 +66,7 @@ class messages:
         attributes: Mapping[str, Any] | None = None,
         protocol: Mapping[str, Any] | None = None,
         observability: bool = False,
-    ) -> Any:
+    ) -> ext_proc.ProcessingRequest:
         msg = ext_proc.ProcessingRequest(
             request_headers=ext_proc.HttpHeaders(
                 headers=codec.header_map_of(_pairs(headers)), end_of_stream=end_of_stream
@@ -79,7 +82,7 @@ class messages:
         attributes: Mapping[str, Any] | None = None,
         protocol: Mapping[str, Any] | None = None,
         observability: bool = False,
-    ) -> Any:
+    ) -> ext_proc.ProcessingRequest:
         msg = ext_proc.ProcessingRequest(
             response_headers=ext_proc.HttpHeaders(
                 headers=codec.header_map_of(_pairs(headers)), end_of_stream=end_of_stream
@@ -94,7 +97,7 @@ class messages:
         *,
         protocol: Mapping[str, Any] | None = None,
         observability: bool = False,
-    ) -> Any:
+    ) -> ext_proc.ProcessingRequest:
         msg = ext_proc.ProcessingRequest(
             request_body=ext_proc.HttpBody(body=data, end_of_stream=end_of_stream)
         )
@@ -107,7 +110,7 @@ class messages:
         *,
         protocol: Mapping[str, Any] | None = None,
         observability: bool = False,
-    ) -> Any:
+    ) -> ext_proc.ProcessingRequest:
         msg = ext_proc.ProcessingRequest(
             response_body=ext_proc.HttpBody(body=data, end_of_stream=end_of_stream)
         )
@@ -116,7 +119,7 @@ class messages:
     @staticmethod
     def request_trailers(
         trailers: HeaderInput | None = None, *, observability: bool = False
-    ) -> Any:
+    ) -> ext_proc.ProcessingRequest:
         msg = ext_proc.ProcessingRequest(
             request_trailers=ext_proc.HttpTrailers(trailers=codec.header_map_of(_pairs(trailers)))
         )
@@ -125,7 +128,7 @@ class messages:
     @staticmethod
     def response_trailers(
         trailers: HeaderInput | None = None, *, observability: bool = False
-    ) -> Any:
+    ) -> ext_proc.ProcessingRequest:
         msg = ext_proc.ProcessingRequest(
             response_trailers=ext_proc.HttpTrailers(trailers=codec.header_map_of(_pairs(trailers)))
         )
@@ -136,14 +139,16 @@ class messages:
 # Envoy's side: applying replies
 
 
-def apply_header_mutation(headers: list[tuple[str, str]], mutation: Any) -> list[tuple[str, str]]:
+def apply_header_mutation(
+    headers: list[tuple[str, str]], mutation: ext_proc.HeaderMutation
+) -> list[tuple[str, str]]:
     """What Envoy does with a HeaderMutation: removals first, then each set in order."""
     removed = set(mutation.remove_headers)
     out = [(k, v) for k, v in headers if k not in removed]
     for option in mutation.set_headers:
         key = option.header.key
         value = (
-            codec.decode_value(option.header.raw_value)
+            decode_value(option.header.raw_value)
             if option.header.raw_value
             else option.header.value
         )
@@ -169,8 +174,8 @@ def apply_header_mutation(headers: list[tuple[str, str]], mutation: Any) -> list
     return out
 
 
-def _header_list(header_map: Any) -> list[tuple[str, str]]:
-    return [(k, v) for k, values in codec.decode_header_map(header_map).items() for v in values]
+def _header_list(header_map: core.HeaderMap) -> list[tuple[str, str]]:
+    return [(k, v) for k, values in decode_header_map(header_map).items() for v in values]
 
 
 @dataclass
@@ -196,6 +201,7 @@ class Step:
     clear_route_cache: bool = False
     body_mutated: bool = False
     status: int = 0  # CommonResponse status
+    at: float = 0.0  # the event loop's time when the reply was ready
 
     @property
     def responded(self) -> bool:
@@ -251,7 +257,7 @@ class PluginHost:
                 instance = plugin
             else:
                 instance = plugin(plugin.Config.model_validate(dict(config or {})))
-            instance._bind_name(name)
+            prepare(instance, name)
             entry = Entry(
                 index=0,
                 name=name,
@@ -292,8 +298,6 @@ class PluginHost:
         self.run(asyncio.sleep(seconds))
 
     def new_exchange(self) -> PluginHost:
-        from asm_proxy.stream import Stream
-
         if not self._started:
             self.run(self.chain.start())
             self._started = True
@@ -317,23 +321,80 @@ class PluginHost:
         self.close()
 
     @property
-    def http(self) -> Any:
-        return self.stream.http
+    def http(self) -> Http:
+        """What plugins see of the current exchange."""
+        http: Http | None = self.stream.http
+        if http is None:
+            raise RuntimeError("no message sent on this exchange yet")
+        return http
+
+    def state(self, name: str | None = None) -> Any:
+        """A plugin's `http.state` on the current exchange (the only plugin's, or `name`'s)."""
+        entries = self.chain.entries
+        if name is None:
+            if len(entries) != 1:
+                raise TypeError("several plugins: give the name of the one whose state to read")
+            entry = entries[0]
+        else:
+            entry = next(e for e in entries if e.name == name)
+        exchange = self.stream.exchange
+        if exchange is None:
+            raise RuntimeError("no message sent on this exchange yet")
+        return (exchange.slots or {}).get(id(entry.plugin))
 
     # -- sending ---------------------------------------------------------------------
 
     def send(self, msg: Any) -> list[Step]:
         """Send one ProcessingRequest; returns the decoded replies (usually one)."""
+        return self.run(self._send(msg))  # type: ignore[no-any-return]
+
+    async def _send(self, msg: Any) -> list[Step]:
         if self._first and not msg.HasField("protocol_config"):
             msg.protocol_config.SetInParent()
             for key, value in self.protocol.items():
                 setattr(msg.protocol_config, key, value)
         self._first = False
-        reply = self.run(self.stream.handle(msg))
+        reply = await self.stream.handle(msg)
+        at = asyncio.get_running_loop().time()
         if reply is None:
             return []
         replies = reply if isinstance(reply, list) else [reply]
-        return [self._decode(r, msg) for r in replies]
+        steps = [self._decode(r, msg) for r in replies]
+        for step in steps:
+            step.at = at
+        return steps
+
+    def now(self) -> float:
+        """The event loop's time (what `Step.at` is measured in)."""
+        return self._loop.time()
+
+    def request_headers_at_once(self, requests: Sequence[HeaderInput]) -> list[Step]:
+        """Several exchanges whose request headers arrive together, each on its own stream
+        served concurrently on one loop, as a worker serves them: their steps in order,
+        each with `at`, when its answer was ready. This host's own exchange is untouched."""
+
+        async def all_of() -> list[Step]:
+            siblings = [self._sibling() for _ in requests]
+            for sibling in siblings:
+                sibling.stream = Stream(self.chain, self.settings)
+            steps = await asyncio.gather(
+                *(
+                    s._send(_request_headers_message(h, True))
+                    for s, h in zip(siblings, requests, strict=True)
+                )
+            )
+            return [one for (one,) in steps]
+
+        return self.run(all_of())  # type: ignore[no-any-return]
+
+    def _sibling(self) -> PluginHost:
+        """A host on the same chain, loop and settings, for another exchange."""
+        sibling = PluginHost.__new__(PluginHost)
+        sibling.__dict__.update(self.__dict__)
+        sibling._first = True
+        sibling.request_headers_now = []
+        sibling.response_headers_now = []
+        return sibling
 
     def _decode(self, raw: Any, msg: Any) -> Step:
         kind, body = decode_reply(raw)
@@ -399,16 +460,7 @@ class PluginHost:
         attributes: Mapping[str, Any] | None = None,
     ) -> Step:
         """Send request headers. Pseudo-headers default to GET / on example.com."""
-        pairs = _pairs(headers)
-        names = {k for k, _ in pairs}
-        defaults = [
-            (":method", "GET"),
-            (":path", "/"),
-            (":authority", "example.com"),
-            (":scheme", "http"),
-        ]
-        pairs = [d for d in defaults if d[0] not in names] + pairs
-        return self._one(messages.request_headers(pairs, end_of_stream, attributes=attributes))
+        return self._one(_request_headers_message(headers, end_of_stream, attributes))
 
     def request_body(self, data: bytes, end_of_stream: bool = True) -> list[Step]:
         return self.send(messages.request_body(data, end_of_stream))
@@ -431,6 +483,42 @@ class PluginHost:
         return self.send(messages.response_trailers(trailers))
 
 
+def _request_headers_message(
+    headers: HeaderInput | None,
+    end_of_stream: bool,
+    attributes: Mapping[str, Any] | None = None,
+) -> Any:
+    """request_headers as Envoy sends them; pseudo-headers default to GET / on example.com."""
+    pairs = _pairs(headers)
+    names = {k for k, _ in pairs}
+    defaults = [
+        (":method", "GET"),
+        (":path", "/"),
+        (":authority", "example.com"),
+        (":scheme", "http"),
+    ]
+    pairs = [d for d in defaults if d[0] not in names] + pairs
+    return messages.request_headers(pairs, end_of_stream, attributes=attributes)
+
+
+@dataclass(frozen=True)
+class ConfigCheck:
+    """What `asm-proxy validate` would say of a config: problems (it is refused) and
+    warnings (it loads), each as the line validate prints."""
+
+    problems: list[str]
+    warnings: list[str]
+
+
+def check_config(text: str, name: str = "asm-proxy.yaml") -> ConfigCheck:
+    """Check a config file's text as `validate`, start and reload do (plugins included)."""
+    try:
+        loaded = load_text(name, text)
+    except ConfigError as exc:
+        return ConfigCheck([str(p) for p in exc.problems], [])
+    return ConfigCheck([], [str(w) for w in loaded.warnings])
+
+
 def mode_of(step: Step) -> dict[str, str]:
     """A Step's mode_override as {field: enum name}, for readable assertions."""
     if step.mode_override is None:
@@ -447,4 +535,14 @@ def mode_of(step: Step) -> dict[str, str]:
     }
 
 
-__all__ = ["Immediate", "PluginHost", "Step", "apply_header_mutation", "messages", "mode_of"]
+__all__ = [
+    "BodySendMode",
+    "ConfigCheck",
+    "Immediate",
+    "PluginHost",
+    "Step",
+    "apply_header_mutation",
+    "check_config",
+    "messages",
+    "mode_of",
+]

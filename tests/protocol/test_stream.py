@@ -66,7 +66,7 @@ class TestOneReplyPerMessage:
             "response_trailers",
         ]
         plugin = host.chain.entries[0].plugin
-        assert dict(plugin.calls) == {k.replace("on_", ""): 1 for k in Recorder.hooks}
+        assert dict(plugin.calls) == {e.hook.removeprefix("on_"): 1 for e in Recorder.hooks}
 
     def test_observability_mode_sends_nothing(self) -> None:
         """In observability mode hooks run but no reply is sent."""

@@ -11,7 +11,7 @@ from collections import Counter
 
 from pydantic import Field
 
-from asm_proxy.api import Chunk, Http, Plugin, PluginConfig, Respond
+from asm_proxy.api import Chunk, Event, Http, Plugin, PluginConfig, Respond
 
 
 class RaiserConfig(PluginConfig):
@@ -42,7 +42,6 @@ class Hanger(Plugin):
         super().__init__(config)
         if config.blocking_ms:
             self.on_request_headers = self._block  # type: ignore[method-assign]
-            self.async_hooks = frozenset()
 
     async def on_request_headers(self, http: Http) -> None:
         http.request.headers.set("x-hanger", "reached")
@@ -78,11 +77,11 @@ class UpperBody(Plugin):
 
     def __init__(self, config: BodyConfig) -> None:
         super().__init__(config)
-        wanted = set()
+        wanted: set[Event] = set()
         if config.request:
-            wanted.add("on_request_body")
+            wanted.add(Event.REQUEST_BODY)
         if config.response:
-            wanted.add("on_response_body")
+            wanted.add(Event.RESPONSE_BODY)
         self.hooks = frozenset(wanted)
         self.seen: list[tuple[str, int, int, bool]] = []
 
@@ -114,11 +113,11 @@ class ChunkUpper(Plugin):
 
     def __init__(self, config: ChunkConfig) -> None:
         super().__init__(config)
-        wanted = set()
+        wanted: set[Event] = set()
         if config.request:
-            wanted.add("on_request_body_chunk")
+            wanted.add(Event.REQUEST_BODY_CHUNK)
         if config.response:
-            wanted.add("on_response_body_chunk")
+            wanted.add(Event.RESPONSE_BODY_CHUNK)
         self.hooks = frozenset(wanted)
         self.chunks: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()

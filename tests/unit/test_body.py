@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from asm_proxy.body import Body, Chunk
+from asm_proxy.body import Body, BodyBuffer, Chunk
 from asm_proxy.stats import counters
 from asm_proxy.undo import UndoLog
+
+
+def body_of(*chunks: bytes, undo: UndoLog | None = None) -> Body:
+    """A plugin's Body over a buffer the server filled with `chunks`."""
+    buffer = BodyBuffer()
+    for chunk in chunks:
+        buffer.add(chunk)
+    return Body(buffer, undo)
 
 
 def test_single_chunk_is_not_copied() -> None:
     """One chunk is returned as is: no join, no copy."""
     chunk = b"x" * 1000
-    body = Body()
-    body.add_chunk(chunk)
+    body = body_of(chunk)
     before = counters.body_bytes_joined
     assert body.data is chunk
     assert counters.body_bytes_joined == before
@@ -19,9 +26,7 @@ def test_single_chunk_is_not_copied() -> None:
 
 def test_join_happens_once() -> None:
     """Several chunks are joined on the first read only; the copy is counted."""
-    body = Body()
-    for part in (b"ab", b"cd", b"ef"):
-        body.add_chunk(part)
+    body = body_of(b"ab", b"cd", b"ef")
     before = counters.body_bytes_joined
     first = body.data
     second = body.data
@@ -33,9 +38,7 @@ def test_join_happens_once() -> None:
 
 def test_size_needs_no_join() -> None:
     """Sizes come from the chunk lengths."""
-    body = Body()
-    body.add_chunk(b"abc")
-    body.add_chunk(b"de")
+    body = body_of(b"abc", b"de")
     before = counters.body_bytes_joined
     assert body.size == 5
     assert counters.body_bytes_joined == before
@@ -44,8 +47,7 @@ def test_size_needs_no_join() -> None:
 def test_replace_and_undo() -> None:
     """A replacement is what later readers see; undo takes it back."""
     undo = UndoLog()
-    body = Body(undo)
-    body.add_chunk(b"old")
+    body = body_of(b"old", undo=undo)
     body.replace("new ✓")
     assert body.data == "new ✓".encode()
     assert body.size == len("new ✓".encode())

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from asm_proxy.api import split_host_port
 from asm_proxy.config import MatchRule, Selector
-from asm_proxy.exchange import Http, split_host_port
+from asm_proxy.exchange import Exchange
 from asm_proxy.headers import Headers
 from asm_proxy.identity import UNKNOWN, Workload
 from asm_proxy.matching import compile_host, compile_match, compile_selector
@@ -16,7 +17,7 @@ from asm_proxy.matching import compile_host, compile_match, compile_selector
 def request(path: str = "/", method: str = "GET", authority: str = "example.com", **headers: str):
     pairs = [(":path", path), (":method", method), (":authority", authority)]
     pairs += [(k.replace("_", "-"), v) for k, v in headers.items()]
-    return Http(Headers(pairs)).request
+    return Exchange(Headers(pairs)).http.request
 
 
 def matches(rules: list[dict], req) -> bool:

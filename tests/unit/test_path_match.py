@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from asm_proxy.config import MatchRule
-from asm_proxy.exchange import Http
+from asm_proxy.exchange import Exchange, Http
 from asm_proxy.headers import Headers
 from asm_proxy.matching import PathMatch, compile_match
 
 
 def request(path: str) -> Http:
-    return Http(Headers([(":path", path), (":method", "GET")]))
+    return Exchange(Headers([(":path", path), (":method", "GET")])).http
 
 
 RULES = [

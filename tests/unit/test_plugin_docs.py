@@ -12,12 +12,12 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from asm_proxy.handlers.body_log import BodyLogPlugin
-from asm_proxy.handlers.nacos import NacosPlugin
-from asm_proxy.handlers.reverse_dns import ReverseDnsPlugin
 from asm_proxy.loader import load
 from asm_proxy.plugin import Plugin
 from asm_proxy.testing import PluginHost
+from asm_proxy_handlers.body_log import BodyLogPlugin
+from asm_proxy_handlers.nacos import NacosPlugin
+from asm_proxy_handlers.reverse_dns import ReverseDnsPlugin
 from tests.support.envoy_snippets import validate_snippets
 
 ROOT = Path(__file__).resolve().parents[2]

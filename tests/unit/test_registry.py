@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from asm_proxy.handlers.headers import HeadersPlugin
 from asm_proxy.registry import UnknownPluginType, installed_types, resolve
+from asm_proxy_handlers.headers import HeadersPlugin
 from tests.support.plugins import Raiser
 
 
