@@ -9,7 +9,7 @@ from asm_proxy.config import HeaderMatch, MatchRule, StringMatch
 from asm_proxy.durations import Duration, format_duration, parse_duration
 from asm_proxy.events import Event, Side
 from asm_proxy.exchange import Http, Request, Response
-from asm_proxy.headers import Headers, media_type
+from asm_proxy.headers import ROUTING_HEADERS, Headers, media_type
 from asm_proxy.hosts import normalize_host, split_host_port
 from asm_proxy.identity import Workload
 from asm_proxy.matching import RequestPredicate, compile_match
@@ -28,6 +28,7 @@ from asm_proxy.watched_files import FilesWatcher, WatchedFile, read_secret_file
 
 __all__ = [
     "HOOKS",
+    "ROUTING_HEADERS",
     "Body",
     "BodyAccess",
     "Chunk",

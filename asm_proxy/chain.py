@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asm_proxy import observe
+from asm_proxy.config import Selector
 from asm_proxy.events import REQUEST_TRAILERS, RESPONSE_TRAILERS, Event, Side
 from asm_proxy.exchange import Exchange, Http
 from asm_proxy.matching import PathMatch, RequestPredicate, WorkloadPredicate
@@ -44,6 +45,7 @@ class Entry:
         "phase",
         "plugin",
         "priority",
+        "selector",
         "selects",
         "timeout",
         "type_name",
@@ -62,6 +64,7 @@ class Entry:
         timeout: float | None = None,
         matches: RequestPredicate | None = None,
         selects: WorkloadPredicate | None = None,
+        selector: Selector | None = None,
     ) -> None:
         self.index = index
         self.name = name
@@ -73,6 +76,8 @@ class Entry:
         self.timeout = timeout
         self.matches = matches
         self.selects = selects
+        #: The selector as configured (`selects` is its compiled test), for render.
+        self.selector = selector
         self._last_log = 0.0
         self._suppressed = 0
 
@@ -194,14 +199,21 @@ def _sort_key(entry: Entry) -> tuple[int, int, int]:
 class Chain:
     """An immutable, ordered set of plugin instances; swapped whole on reload."""
 
-    def __init__(self, entries: Iterable[Entry], *, source: str = "") -> None:
+    def __init__(
+        self, entries: Iterable[Entry], *, source: str = "", authz_via_ext_authz: bool = False
+    ) -> None:
         self.entries: tuple[Entry, ...] = tuple(sorted(entries, key=_sort_key))
         self.source = source
         self._plans: dict[tuple[int, int], Plan] = {}
-        self._all_mask = (1 << len(self.entries)) - 1
         self._authz_mask = sum(
             1 << i for i, e in enumerate(self.entries) if e.phase in (Phase.AUTHN, Phase.AUTHZ)
         )
+        #: The plugins an ext_proc stream runs: all of them, or with `authzVia: ext_authz`
+        #: all but the AUTHN/AUTHZ ones, which then run once, in Check.
+        self._all_mask = (1 << len(self.entries)) - 1
+        if authz_via_ext_authz:
+            self._all_mask &= ~self._authz_mask
+        self.authz_via_ext_authz = authz_via_ext_authz
         self._any_scoped = any(e.matches or e.selects for e in self.entries)
         #: (bit, path test, other match, selects) of each plugin: selection computes the
         #: path once and makes no method calls of its own.

@@ -1,4 +1,4 @@
-"""`asm-proxy serve | validate | demo | plugins`."""
+"""`asm-proxy serve | validate | render | health | demo | plugins`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,77 @@ def _serve(config: str, listen: str | None, workers: int | None) -> int:
     return 0
 
 
+def _render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from asm_proxy.render import Options, RenderError, dump, render_file, write
+        from asm_proxy.render.placement import ClientTls
+    except ImportError as exc:
+        print(
+            f"asm-proxy render: {exc.name} is missing: pip install 'asm-proxy[render]'",
+            file=sys.stderr,
+        )
+        return 2
+
+    tls = None
+    if args.client_cert or args.client_key or args.client_ca:
+        tls = ClientTls(
+            cert=args.client_cert or ClientTls.cert,
+            key=args.client_key or ClientTls.key,
+            ca=args.client_ca or ClientTls.ca,
+        )
+    options = Options(
+        mode=args.mode,
+        target=args.target,
+        workers=args.workers,
+        socket=args.socket,
+        context=args.context,
+        namespace=args.namespace,
+        service=args.service,
+        service_namespace=args.service_namespace,
+        port=args.port,
+        client_tls=tls,
+        bootstrap=args.bootstrap,
+        upstream=args.upstream,
+        listen=args.envoy_listen,
+        admin=args.admin,
+    )
+    try:
+        objects = render_file(args.config, options)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except RenderError as exc:
+        print(f"asm-proxy render: {exc}", file=sys.stderr)
+        return 1
+    if args.out:
+        for path in write(objects, Path(args.out)):
+            print(path)
+    else:
+        sys.stdout.write(dump(objects))
+    return 0
+
+
+def _health(address: str, service: str, timeout: float) -> int:
+    """Exit 0 if asm-proxy at `address` says SERVING (for exec probes on a Unix socket)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+    except grpc.RpcError as exc:
+        print(f"asm-proxy health: {address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -83,6 +154,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_validate = sub.add_parser("validate", help="check config files; exit 1 if any is bad")
     p_validate.add_argument("files", nargs="+")
+    p_render = sub.add_parser(
+        "render", help="print (or write) the Envoy / Istio side of a deployment of the config"
+    )
+    p_render.add_argument("--mode", required=True, choices=["sidecar", "node", "central"])
+    p_render.add_argument("--target", required=True, choices=["istio", "envoy"])
+    p_render.add_argument("--config", "-c", required=True, help="the asm-proxy config file")
+    p_render.add_argument("--out", help="write one file per object into this directory")
+    p_render.add_argument(
+        "--bootstrap", action="store_true", help="envoy target: a complete Envoy config"
+    )
+    p_render.add_argument("--upstream", default="127.0.0.1:8080", help="--bootstrap: HOST:PORT")
+    p_render.add_argument("--envoy-listen", default="0.0.0.0:10000", help="--bootstrap listener")
+    p_render.add_argument("--admin", default="127.0.0.1:9901", help="--bootstrap admin address")
+    p_render.add_argument(
+        "--context",
+        default="SIDECAR_INBOUND",
+        choices=["SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"],
+        help="istio: the listener context the filters go into",
+    )
+    p_render.add_argument("--namespace", help="istio: the namespace of the EnvoyFilter")
+    p_render.add_argument("--socket", help="sidecar/node: the socket path (default: the config's)")
+    p_render.add_argument("--workers", type=_positive, help="sidecar/node: sockets to list")
+    p_render.add_argument("--service", default="asm-proxy", help="central: the Service's name")
+    p_render.add_argument("--service-namespace", default="asm-proxy", help="central: its namespace")
+    p_render.add_argument("--port", type=int, help="central: the Service's port")
+    p_render.add_argument("--client-cert", help="central, envoy: Envoy's client certificate")
+    p_render.add_argument("--client-key", help="central, envoy: its private key")
+    p_render.add_argument("--client-ca", help="central, envoy: the CA of asm-proxy's certificate")
+    p_health = sub.add_parser("health", help="gRPC health check (exit 0 when SERVING)")
+    p_health.add_argument("address", help="HOST:PORT or unix:/path")
+    p_health.add_argument("--service", default="", help="the health service name (default: all)")
+    p_health.add_argument("--timeout", type=float, default=2.0)
     p_demo = sub.add_parser("demo", help="run Envoy + asm-proxy + an echo upstream locally")
     p_demo.add_argument("--port", type=int, default=10000, help="Envoy's port (default 10000)")
     p_demo.add_argument("--check", action="store_true", help="send the demo requests, then exit")
@@ -93,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.files)
     if args.command == "plugins":
         return _plugins()
+    if args.command == "render":
+        return _render(args)
+    if args.command == "health":
+        return _health(args.address, args.service, args.timeout)
     _setup_logging()
     if args.command == "serve":
         return _serve(args.config, args.listen, args.workers)

@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -250,6 +250,10 @@ class ServerSettings(Model):
     #: from which `offload()` sends work there (measured, see docs/PERFORMANCE.md).
     offload_processes: int = 1
     offload_threshold: int = 16 * 1024
+    #: Where the AUTHN and AUTHZ plugins run: in the ext_proc stream with the others
+    #: (`ext_proc`), or in Envoy's ext_authz Check only (`ext_authz`: the ext_proc stream
+    #: then skips them, so they never run twice). `asm-proxy render` follows it.
+    authz_via: Literal["ext_proc", "ext_authz"] = "ext_proc"
 
     @field_validator("listen")
     @classmethod

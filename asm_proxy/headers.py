@@ -27,6 +27,10 @@ class HeaderAction(enum.IntEnum):
 
 HeaderOp = tuple[HeaderAction, str]
 
+#: Header names whose change makes Envoy pick the route again (and which Envoy lets an
+#: external processor change only with mutation_rules.allow_all_routing).
+ROUTING_HEADERS = frozenset({":authority", ":path", "host", ":method", ":scheme"})
+
 _FORBIDDEN_VALUE_CHARS = ("\r", "\n", "\x00")
 
 

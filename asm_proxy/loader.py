@@ -109,11 +109,13 @@ def build_chain(parsed: ParsedFile) -> Chain:
                 timeout=spec.timeout,
                 matches=compile_match(spec.match),
                 selects=compile_selector(spec.selector),
+                selector=spec.selector,
             )
         )
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
-    return Chain(entries, source=parsed.path)
+    via_ext_authz = parsed.settings is not None and parsed.settings.authz_via == "ext_authz"
+    return Chain(entries, source=parsed.path, authz_via_ext_authz=via_ext_authz)
 
 
 def warnings_for(parsed: ParsedFile, chain: Chain) -> tuple[ConfigProblem, ...]:

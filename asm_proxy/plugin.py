@@ -119,6 +119,15 @@ class Plugin:
     #: warning from `validate` and at every load. Not refused: it can be a deliberate choice.
     guards_access: ClassVar[bool] = False
 
+    #: What the plugin needs of Envoy's filter config beyond its hooks (`asm-proxy render`
+    #: derives the config from these, `diagnose` checks a live one): True if it changes
+    #: :authority, :path or host (Envoy must allow it: mutation_rules.allow_all_routing);
+    #: the dynamic metadata namespaces it writes besides the server's own; the Envoy
+    #: attributes it reads through `http.attributes`. An instance may set them in __init__.
+    changes_routing: bool = False
+    metadata_namespaces: frozenset[str] = frozenset()
+    request_attributes: frozenset[str] = frozenset()
+
     name: str = ""
     log: logging.Logger = logging.getLogger("asm_proxy.plugin")
 

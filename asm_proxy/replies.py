@@ -13,7 +13,7 @@ from asm_proxy import codec
 from asm_proxy.direction import Direction
 from asm_proxy.events import BY_MESSAGE, Event
 from asm_proxy.exchange import Exchange
-from asm_proxy.headers import HeaderOp
+from asm_proxy.headers import ROUTING_HEADERS, HeaderOp
 from asm_proxy.plugin import Respond
 from asm_proxy.stats import counters
 from asm_proxy.wire import ProcessingMode, ProcessingResponse, ext_proc
@@ -25,9 +25,6 @@ HeaderMode: TypeAlias = ProcessingMode.HeaderSendMode.ValueType
 ModeKey: TypeAlias = tuple[BodyMode, HeaderMode, HeaderMode, BodyMode, HeaderMode]
 #: What a message gets: one reply, several (held FULL_DUPLEX chunks), or none.
 Reply: TypeAlias = ProcessingResponse | list[ProcessingResponse] | None
-
-#: Header names whose change makes Envoy pick the route again.
-ROUTING_HEADERS = frozenset({":authority", ":path", "host", ":method", ":scheme"})
 
 
 def _empty(event: Event) -> ProcessingResponse:

@@ -1,11 +1,12 @@
 """asm-proxy's own cost per exchange in instructions, noise-free: `python -m perf.instructions`.
 
 CPU time on a shared machine moves by ±15 % from run to run; instruction counts under
-valgrind's callgrind do not. This drives the server's per-exchange code (`Stream.handle`:
-decoding, chain selection, hooks, building the answer, protobuf serialization; not gRPC)
-for the chain-length and body-size sweeps of the benchmark and counts the instructions per
-exchange: (instructions with N exchanges - instructions with none) / N. Needs valgrind
-(Debian's package). Results in perf/results/instructions.json.
+valgrind's callgrind do not (with PYTHONHASHSEED fixed, they repeat exactly). This drives
+the server's per-exchange code (`Stream.handle`: decoding, chain selection, hooks, building
+the answer, protobuf serialization; not gRPC) for the chain-length and body-size sweeps of
+the benchmark and counts the instructions per exchange: (instructions with N exchanges -
+instructions with none) / N. Needs valgrind (Debian's package). Results in
+perf/results/instructions.json.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -79,6 +81,8 @@ def _count(config: str, body_bytes: int, count: int, workdir: Path) -> int:
         capture_output=True,
         text=True,
         cwd=ROOT,
+        # String hashes (dict and set layouts) vary per process otherwise: +-1-2 %.
+        env={**os.environ, "PYTHONHASHSEED": "0"},
         timeout=900,
         check=False,
     )

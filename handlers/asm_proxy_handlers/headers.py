@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from asm_proxy.api import Event, Headers, Http, Plugin, PluginConfig
+from asm_proxy.api import ROUTING_HEADERS, Event, Headers, Http, Plugin, PluginConfig
 
 
 def _check_names(names: list[str]) -> list[str]:
@@ -91,6 +91,8 @@ class HeadersPlugin(Plugin):
             Event.RESPONSE_HEADERS: self.response_ops,
         }
         self.hooks = frozenset(event for event, ops in wanted.items() if ops)
+        # Envoy must allow it to change where the request goes.
+        self.changes_routing = any(name in ROUTING_HEADERS for _, name, _ in self.request_ops)
 
     def on_request_headers(self, http: Http) -> None:
         _apply(http.request.headers, self.request_ops)

@@ -196,6 +196,7 @@ class ReverseDnsPlugin(Plugin):
     """Host from pod IP: a static map and DNS PTR lookups, cached."""
 
     Config = ReverseDnsConfig
+    changes_routing = True  # it rewrites :authority
 
     def __init__(self, config: ReverseDnsConfig) -> None:
         super().__init__(config)
