@@ -24,10 +24,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from asm_proxy.durations import Duration
@@ -224,6 +232,18 @@ class PluginEntry(Model):
         return value
 
 
+def _octal(value: Any) -> Any:
+    """File permissions as YAML writes them: "0660" (a string) or 0660 (an octal int)."""
+    if isinstance(value, str):
+        try:
+            value = int(value, 8)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an octal mode such as 0660") from None
+    if isinstance(value, int) and not 0 <= value <= 0o777:
+        raise ValueError(f"{oct(value)} is not a file mode (0 to 0777)")
+    return value
+
+
 class ServerSettings(Model):
     """Settings of the server itself (everything in the file but `plugins`)."""
 
@@ -254,6 +274,10 @@ class ServerSettings(Model):
     #: (`ext_proc`), or in Envoy's ext_authz Check only (`ext_authz`: the ext_proc stream
     #: then skips them, so they never run twice). `asm-proxy render` follows it.
     authz_via: Literal["ext_proc", "ext_authz"] = "ext_proc"
+    #: Permissions of a Unix socket asm-proxy listens on. Envoy (istio-proxy runs as
+    #: uid/gid 1337) needs write permission to connect: deploy/ gives the socket directory
+    #: that group, so group read-write (0660) lets Envoy in and nobody else.
+    socket_mode: Annotated[int, BeforeValidator(_octal)] = 0o660
 
     @field_validator("listen")
     @classmethod

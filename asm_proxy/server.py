@@ -214,6 +214,9 @@ class Server:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         if not address.startswith("unix:") and port == 0:
             raise OSError(f"cannot listen on {address} (in use?)")
+        if address.startswith("unix:"):
+            # Who may connect: the socket's permissions (the directory's group, see config).
+            os.chmod(address[len("unix:") :], self.settings.socket_mode)
         await server.start()
         self._server = server
         self.port = port

@@ -3,6 +3,8 @@ what Istio requires, and the rendered Envoy configs carry traffic through asm-pr
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -229,6 +231,8 @@ def test_rendered_envoy_carries_traffic(mode: str, tmp_path: Path, upstream: Ups
                     assert upstream["app"].requests[-1].header("x-tag") == "rendered"
             healthy = envoy.stats("cluster.asm_proxy.health_check.success")
             assert sum(healthy.values()) >= 1
+        for i in range(2):  # Envoy may connect: the socket's mode is socketMode (0660)
+            assert stat.S_IMODE(os.stat(f"{tmp_path}/ext_proc.sock.{i}").st_mode) == 0o660
         by_worker = supervisor.streams_by_worker()
         assert all(count > 0 for count in by_worker.values()), by_worker
     finally:

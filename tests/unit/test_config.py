@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from asm_proxy.config import ConfigError, parse_file
+from asm_proxy.config import ConfigError, ServerSettings, parse_file
 from asm_proxy.durations import parse_duration
 from asm_proxy.loader import load
 from asm_proxy.plugin import FailStrategy, Phase
@@ -204,3 +205,16 @@ def test_parse_file_keeps_raw_and_lines(tmp_path: Path) -> None:
     """The parsed file keeps what the user wrote, to locate plugin-level problems."""
     parsed = parse_file(write(tmp_path, "plugins:\n  - name: a\n    type: headers\n"))
     assert parsed.lines.line(("plugins", 0, "type")) == 3
+
+
+class TestSocketMode:
+    def test_octal_strings_and_ints(self) -> None:
+        """socketMode as YAML writes it: "0660" or an octal number."""
+        assert ServerSettings.model_validate({"socketMode": "0600"}).socket_mode == 0o600
+        assert ServerSettings.model_validate({"socketMode": 0o640}).socket_mode == 0o640
+        assert ServerSettings().socket_mode == 0o660
+
+    @pytest.mark.parametrize("bad", ["rw-rw----", "01000", -1])
+    def test_not_a_mode(self, bad: object) -> None:
+        with pytest.raises(ValidationError, match="mode"):
+            ServerSettings.model_validate({"socketMode": bad})
