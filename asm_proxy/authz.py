@@ -26,6 +26,7 @@ from asm_proxy.identity import Workload
 from asm_proxy.plugin import Respond
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
+from asm_proxy.tls import proven_peer
 from asm_proxy.wire import auth, core
 
 log = logging.getLogger("asm_proxy.authz")
@@ -98,10 +99,37 @@ def workload_of_check(request: auth.CheckRequest) -> Workload | None:
     return Workload(namespace=namespace, labels=labels, name=name, service_account=service_account)
 
 
-def exchange_of_check(request: auth.CheckRequest) -> Exchange:
+def _with_proof(configured: Workload | None, proven: Workload) -> Workload:
+    """The workload: namespace and service account as the certificate proves them, the rest
+    (labels, name) from the context extensions of Envoy's config."""
+    return Workload(
+        namespace=proven.namespace,
+        labels=configured.labels if configured else proven.labels,
+        name=configured.name if configured else None,
+        service_account=proven.service_account,
+        principal=proven.principal,
+    )
+
+
+def identity_mismatch(configured: Workload | None, proven: Workload | None) -> str | None:
+    """The context extensions name another namespace than the caller's certificate."""
+    if proven is None or configured is None or configured.namespace is None:
+        return None
+    if configured.namespace != proven.namespace:
+        return (
+            f"context extensions say namespace {configured.namespace!r}, "
+            f"the certificate ({proven.principal}) says {proven.namespace!r}"
+        )
+    return None
+
+
+def exchange_of_check(request: auth.CheckRequest, proven: Workload | None = None) -> Exchange:
+    """The exchange a Check asks about; `proven`: the caller's identity from mTLS."""
     http_request = request.attributes.request.http
     headers = _headers_of(http_request)
-    x = Exchange(headers, peer=workload_of_check(request))
+    configured = workload_of_check(request)
+    peer = configured if proven is None else _with_proof(configured, proven)
+    x = Exchange(headers, peer=peer)
     attrs = attributes_of_check(request)
     x.add_attributes(lambda: attrs)
     if request.attributes.HasField("metadata_context"):
@@ -192,7 +220,14 @@ class AuthorizationServicer:
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + settings.deadline
-            x = exchange_of_check(request)
+            proven = proven_peer(context, settings) if settings.proves_peers else None
+            conflict = identity_mismatch(workload_of_check(request), proven)
+            if conflict is not None:
+                log.warning("Check refused: %s", conflict)
+                counters.identity_refusals += 1
+                refusal = Respond(403, body="workload identity mismatch\n")
+                return denied(refusal, None)
+            x = exchange_of_check(request, proven)
             plan = chain.select(x, authz_only=True)
             outcome: Respond | None = None
             hooks = plan.hooks[REQUEST_HEADERS]

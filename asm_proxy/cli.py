@@ -82,6 +82,7 @@ def _render(args: argparse.Namespace) -> int:
         service=args.service,
         service_namespace=args.service_namespace,
         port=args.port,
+        address=args.address,
         client_tls=tls,
         bootstrap=args.bootstrap,
         upstream=args.upstream,
@@ -179,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p_render.add_argument("--service", default="asm-proxy", help="central: the Service's name")
     p_render.add_argument("--service-namespace", default="asm-proxy", help="central: its namespace")
     p_render.add_argument("--port", type=int, help="central: the Service's port")
+    p_render.add_argument(
+        "--address", help="central: HOST:PORT to connect to (still verified as the Service)"
+    )
     p_render.add_argument("--client-cert", help="central, envoy: Envoy's client certificate")
     p_render.add_argument("--client-key", help="central, envoy: its private key")
     p_render.add_argument("--client-ca", help="central, envoy: the CA of asm-proxy's certificate")

@@ -232,6 +232,25 @@ class PluginEntry(Model):
         return value
 
 
+class TlsSettings(Model):
+    """asm-proxy's own mTLS (central mode; node mode over TCP): its certificate and key, the
+    CA its clients' certificates must chain to. The files are followed as they change
+    (cert-manager and Istio rotate them in place), checked at most every `checkInterval`."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    #: A client without a certificate from `clientCaFile` is refused at the handshake.
+    require_client_cert: bool = True
+    check_interval: Duration = 1.0
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> TlsSettings:
+        if self.require_client_cert and not self.client_ca_file:
+            raise ValueError("requireClientCert needs clientCaFile (the CA of the clients)")
+        return self
+
+
 def _octal(value: Any) -> Any:
     """File permissions as YAML writes them: "0660" (a string) or 0660 (an octal int)."""
     if isinstance(value, str):
@@ -278,6 +297,18 @@ class ServerSettings(Model):
     #: uid/gid 1337) needs write permission to connect: deploy/ gives the socket directory
     #: that group, so group read-write (0660) lets Envoy in and nobody else.
     socket_mode: Annotated[int, BeforeValidator(_octal)] = 0o660
+    #: Serve with mTLS: the caller's identity is then its certificate's SPIFFE ID.
+    tls: TlsSettings | None = None
+    #: asm-proxy runs behind its own Istio sidecar, which verified the caller's certificate
+    #: (ISTIO_MUTUAL): take the caller's SPIFFE ID from the x-forwarded-client-cert header
+    #: that sidecar sets. Only safe when nothing else can reach asm-proxy's port (bind it
+    #: to 127.0.0.1, or a NetworkPolicy plus STRICT PeerAuthentication).
+    trust_forwarded_client_cert: bool = False
+
+    @property
+    def proves_peers(self) -> bool:
+        """Whether calls carry a proven caller identity (mTLS or a trusted sidecar's)."""
+        return self.tls is not None or self.trust_forwarded_client_cert
 
     @field_validator("listen")
     @classmethod

@@ -19,7 +19,7 @@ from asm_proxy.direction import Direction
 from asm_proxy.events import Side
 from asm_proxy.headers import Headers, record_into
 from asm_proxy.hosts import split_host_port
-from asm_proxy.identity import UNKNOWN, Workload, from_attributes
+from asm_proxy.identity import UNKNOWN, Workload, from_attributes, identity_conflict
 from asm_proxy.undo import UndoLog
 
 if TYPE_CHECKING:
@@ -94,6 +94,11 @@ class Exchange:
             self._metadata = self._metadata_source()
             self._metadata_source = None
         return self._metadata or {}
+
+    def identity_conflict(self) -> str | None:
+        """Why the proven peer and Envoy's node metadata disagree on the workload's
+        namespace, or None when they do not (or either is silent)."""
+        return identity_conflict(self.attributes(), self._peer)
 
     def workload(self) -> Workload:
         if self._workload is None:

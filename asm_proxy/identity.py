@@ -94,6 +94,20 @@ def from_attributes(attributes: Mapping[str, Any], peer: Workload | None = None)
     )
 
 
+def identity_conflict(attributes: Mapping[str, Any], peer: Workload | None) -> str | None:
+    """A proven peer (mTLS) and Envoy's node metadata must name the same namespace: a
+    sidecar configured as another namespace's is refused, not believed."""
+    if peer is None or peer.principal is None or peer.namespace is None:
+        return None
+    claimed = _str(attributes.get(NODE_METADATA + "NAMESPACE"))
+    if claimed is not None and claimed != peer.namespace:
+        return (
+            f"node metadata says namespace {claimed!r}, "
+            f"the certificate ({peer.principal}) says {peer.namespace!r}"
+        )
+    return None
+
+
 def _namespace_from_istio_node_id(node_id: str) -> str | None:
     # sidecar~10.0.0.1~pod-name.namespace~namespace.svc.cluster.local
     parts = node_id.split("~")

@@ -26,6 +26,7 @@ from asm_proxy.config import (
 from asm_proxy.matching import compile_match, compile_selector
 from asm_proxy.plugin import FailStrategy, Plugin, PluginDefinitionError, prepare
 from asm_proxy.registry import UnknownPluginType, resolve
+from asm_proxy.tls import CertificateFiles, TlsError
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +143,24 @@ def load(path: str | Path) -> Loaded:
     return load_text(path, None)
 
 
+def _tls_problems(parsed: ParsedFile) -> list[ConfigProblem]:
+    """Certificate files that cannot serve: named at `tls`, as validate reports them."""
+    settings = parsed.settings
+    if settings is None or settings.tls is None:
+        return []
+    try:
+        CertificateFiles(settings.tls)
+    except TlsError as exc:
+        return [ConfigProblem(parsed.path, parsed.lines.line(("tls",)), None, "tls", str(exc))]
+    return []
+
+
 def load_text(path: str | Path, text: str | None) -> Loaded:
     """`load`, with the file's content given (None: read it); problems name `path`."""
     parsed = parse_file(path, text)
+    tls_problems = _tls_problems(parsed)
+    if tls_problems:
+        raise ConfigError(tls_problems)
     chain = build_chain(parsed)
     assert parsed.settings is not None  # build_chain raised otherwise
     return Loaded(settings=parsed.settings, chain=chain, warnings=warnings_for(parsed, chain))

@@ -28,6 +28,7 @@ from asm_proxy.reload import ConfigWatcher
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
 from asm_proxy.stream import ProtocolError, Stream
+from asm_proxy.tls import CertificateFiles, TlsError, proven_peer
 from asm_proxy.wire import (
     AUTHZ_SERVICE,
     EXT_PROC_SERVICE,
@@ -71,7 +72,9 @@ class ExternalProcessorServicer:
         chain.acquire()
         counters.streams_started += 1
         try:
-            stream = Stream(chain, state.settings)
+            settings = state.settings
+            peer = proven_peer(context, settings) if settings.proves_peers else None
+            stream = Stream(chain, settings, peer=peer)
             read, write, eof = context.read, context.write, grpc.aio.EOF
             while True:
                 msg = await read()
@@ -189,6 +192,7 @@ class Server:
         self._watch_task: asyncio.Task[None] | None = None
         self.address = ""
         self.port = 0
+        self.certificates: CertificateFiles | None = None
 
     @property
     def settings(self) -> ServerSettings:
@@ -209,7 +213,13 @@ class Server:
         if address.startswith("unix:"):
             _prepare_unix_socket(address)
         try:
-            port = server.add_insecure_port(address)
+            if self.settings.tls is not None:
+                self.certificates = CertificateFiles(self.settings.tls)
+                port = server.add_secure_port(address, self.certificates.credentials())
+            else:
+                port = server.add_insecure_port(address)
+        except TlsError as exc:
+            raise OSError(f"cannot serve TLS on {address}: {exc}") from None
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         if not address.startswith("unix:") and port == 0:

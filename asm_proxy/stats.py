@@ -36,6 +36,7 @@ class Counters:
     authz_denied: int = 0
     config_reloads: int = 0
     config_reload_failures: int = 0
+    identity_refusals: int = 0  # a proven peer contradicted by Envoy's node metadata
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)

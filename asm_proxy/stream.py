@@ -25,6 +25,7 @@ from asm_proxy.chain import Chain, Plan, run_hooks
 from asm_proxy.direction import BodyMode, Direction, Stage
 from asm_proxy.events import BY_MESSAGE, REQUEST_HEADERS, Event
 from asm_proxy.exchange import Exchange, Http
+from asm_proxy.identity import Workload
 from asm_proxy.plugin import Respond
 from asm_proxy.replies import CONTINUE, ModeKey, Reply
 from asm_proxy.stats import counters
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from asm_proxy.config import ServerSettings
 
 log = logging.getLogger("asm_proxy.stream")
+_identity_log = logging.getLogger("asm_proxy.identity")
 
 # Stage members as constants: reading `Stage.X` through the enum class costs more per call.
 _NOTHING, _HEADERS, _BODY, _TRAILERS = Stage.NOTHING, Stage.HEADERS, Stage.BODY, Stage.TRAILERS
@@ -75,12 +77,17 @@ class Stream:
         "namespace",
         "observability",
         "overrides",
+        "peer",
         "plan",
         "settings",
     )
 
-    def __init__(self, chain: Chain, settings: ServerSettings) -> None:
+    def __init__(
+        self, chain: Chain, settings: ServerSettings, *, peer: Workload | None = None
+    ) -> None:
         self.chain = chain
+        #: The caller's identity as the transport proved it (mTLS), if it did.
+        self.peer = peer
         self.settings = settings
         self.namespace = settings.metadata_namespace
         self.exchange: Exchange | None = None
@@ -124,6 +131,10 @@ class Stream:
             metadata = msg.metadata_context
             x.set_metadata_source(lambda: codec.metadata_of(metadata))
         self.observability = msg.observability_mode
+        if self.peer is not None and self.plan is None:
+            conflict = x.identity_conflict()
+            if conflict is not None:
+                return self._refuse_identity(conflict)
         reply = await handler(self, msg, event, x, deadline)
         if self.observability:
             return None
@@ -137,7 +148,7 @@ class Stream:
                 self.overrides = False  # Envoy ignores mode_override then
         if msg.observability_mode:
             self.overrides = False
-        x = Exchange()
+        x = Exchange(peer=self.peer)
         x.request.mode, x.response.mode = self.configured
         if event is REQUEST_HEADERS:
             x.request.receive_headers(msg.request_headers.headers)
@@ -149,6 +160,16 @@ class Stream:
         if plan is None:
             plan = self.plan = self.chain.select(x)
         return plan
+
+    def _refuse_identity(self, conflict: str) -> Reply:
+        """Envoy's node metadata names another workload than its certificate proves: the
+        exchange is refused (fail closed) rather than run under either identity."""
+        _identity_log.warning("refused: %s", conflict)
+        counters.identity_refusals += 1
+        reply = self.immediate(
+            Respond(403, body="workload identity mismatch\n", details="asm_proxy_identity_mismatch")
+        )
+        return None if self.observability else reply
 
     def immediate(self, respond: Respond) -> ProcessingResponse:
         """Answer the client now; nothing more of this exchange is needed."""

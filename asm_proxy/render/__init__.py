@@ -11,7 +11,7 @@ tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +40,8 @@ class Options:
     service: str = "asm-proxy"
     service_namespace: str = "asm-proxy"
     port: int | None = None
+    #: Central mode: connect here instead of the Service's name (still verified as it).
+    address: str | None = None
     client_tls: ClientTls | None = None
     bootstrap: bool = False
     upstream: str = "127.0.0.1:8080"
@@ -58,7 +60,7 @@ def _placement(loaded: Loaded, options: Options) -> Placement:
                     "set listen: 0.0.0.0:PORT (or give --port)"
                 )
             port = int(listen.rpartition(":")[2])
-        return placement(
+        where = placement(
             "central",
             service=options.service,
             service_namespace=options.service_namespace,
@@ -66,6 +68,9 @@ def _placement(loaded: Loaded, options: Options) -> Placement:
             tls=options.client_tls,
             namespace=options.namespace or "",
         )
+        if options.address:
+            where = replace(where, endpoints=(options.address,))
+        return where
     socket = options.socket
     if socket is None and listen.startswith("unix:"):
         socket = listen[len("unix:") :]

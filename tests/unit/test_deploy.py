@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from asm_proxy.testing import check_config
+from tests.support.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -23,6 +24,7 @@ K8S_VERSION = "1.30"
 #: Kinds of other projects' CRDs: checked for their required fields here instead.
 CRD_FIELDS = {
     ("cert-manager.io/v1", "Certificate"): ["secretName", "issuerRef"],
+    ("security.istio.io/v1", "PeerAuthentication"): ["selector", "mtls"],
 }
 
 
@@ -94,17 +96,24 @@ def test_asm_proxy_runs_locked_down(overlay: tuple[str, list[dict[str, Any]]]) -
 
 
 def test_each_overlays_config_loads_and_matches_its_mode(
-    overlay: tuple[str, list[dict[str, Any]]],
+    overlay: tuple[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     """The ConfigMap's config.yaml is a valid asm-proxy config listening where the mode's
-    Envoy side (asm-proxy render) expects it."""
+    Envoy side (asm-proxy render) expects it (certificate files swapped for test ones)."""
     mode, objects = overlay
     (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"]
     text = config_map["data"]["config.yaml"]
+    if "/etc/asm-proxy/tls/" in text:
+        ca = CertificateAuthority(tmp_path / "ca")
+        issued = ca.issue("serving", dns=["asm-proxy.asm-proxy.svc"], client=False)
+        shutil.copyfile(ca.cert_path, tmp_path / "ca.crt")
+        shutil.copyfile(issued.cert, tmp_path / "tls.crt")
+        shutil.copyfile(issued.key, tmp_path / "tls.key")
+        text = text.replace("/etc/asm-proxy/tls/", f"{tmp_path}/")
     result = check_config(text)
     assert result.problems == []
     listen = yaml.safe_load(text)["listen"]
-    if mode == "central":
+    if mode.startswith("central"):
         assert not listen.startswith("unix:")
     else:
         assert listen.startswith("unix:/var/run/asm-proxy")

@@ -1,0 +1,160 @@
+"""asm-proxy's own mTLS: the serving certificate, the client CA, rotation without a restart,
+and the workload identity a client certificate proves.
+
+grpc asks `CertificateFiles.fetch` at each new TLS handshake whether the configuration
+changed; the files are looked at (stat) at most once per `check_interval`, and a new set is
+taken only once it loads whole (key matching certificate, CA parsing): cert-manager and
+Istio rewrite such files in place, and a half-written one must not replace a good one.
+Connections already open keep their session; streams on them are not dropped.
+
+The identity of a caller is the SPIFFE ID in its certificate's URI SAN
+(`spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`), or, when asm-proxy sits behind
+its own Istio sidecar that verified the certificate (`trustForwardedClientCert`), the
+`URI=` of the `x-forwarded-client-cert` header that sidecar sets.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from asm_proxy.config import ServerSettings, TlsSettings
+from asm_proxy.identity import Workload, from_spiffe
+from asm_proxy.reload import Fingerprint, fingerprint
+
+log = logging.getLogger("asm_proxy.tls")
+
+#: The auth context key grpc puts the peer certificate's subject alternative names under.
+_SAN_KEY = "x509_subject_alternative_name"
+XFCC_HEADER = "x-forwarded-client-cert"
+
+
+class TlsError(ValueError):
+    """The certificate files cannot be used (the message names the file and why)."""
+
+
+def _check(cert: bytes, key: bytes, ca: bytes | None, names: tuple[str, str, str]) -> None:
+    """Load the pair and the CA the way a TLS stack will: a key that does not match its
+    certificate, or a file that does not parse, is refused here, not at a handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory(prefix="asm-proxy-tls-") as tmp:
+        cert_path, key_path = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert_path.write_bytes(cert)
+        key_path.write_bytes(key)
+        try:
+            context.load_cert_chain(cert_path, key_path)
+        except (ssl.SSLError, OSError) as exc:
+            raise TlsError(f"{names[0]} / {names[1]}: {exc}") from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cadata=ca.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError) as exc:
+            raise TlsError(f"{names[2]}: {exc}") from None
+
+
+class CertificateFiles:
+    """The serving certificate, its key and the client CA, followed as they change."""
+
+    def __init__(self, settings: TlsSettings) -> None:
+        self.settings = settings
+        self.paths = (Path(settings.cert_file), Path(settings.key_file))
+        self.ca_path = Path(settings.client_ca_file) if settings.client_ca_file else None
+        self._lock = threading.Lock()
+        self._next_check = 0.0
+        self._seen: tuple[Fingerprint | None, ...] = ()
+        self.reloads = 0
+        self.failures = 0
+        self.current = self._load()  # raises TlsError: a start without usable files fails
+
+    def _fingerprints(self) -> tuple[Fingerprint | None, ...]:
+        paths = [*self.paths, *([self.ca_path] if self.ca_path else [])]
+        return tuple(fingerprint(p) for p in paths)
+
+    def _load(self) -> Any:
+        seen = self._fingerprints()
+        try:
+            cert, key = (p.read_bytes() for p in self.paths)
+            ca = self.ca_path.read_bytes() if self.ca_path else None
+        except OSError as exc:
+            raise TlsError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        names = (str(self.paths[0]), str(self.paths[1]), str(self.ca_path))
+        _check(cert, key, ca, names)
+        self._seen = seen
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def fetch(self) -> Any:
+        """grpc's question at a handshake: a new configuration, or None for "unchanged"."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return None
+        with self._lock:
+            if now < self._next_check:
+                return None
+            self._next_check = now + self.settings.check_interval
+            if self._fingerprints() == self._seen:
+                return None
+            try:
+                self.current = self._load()
+            except TlsError as exc:
+                self.failures += 1
+                log.warning("TLS files refused, the previous ones stay in use: %s", exc)
+                self._seen = self._fingerprints()  # say so once per change
+                return None
+            self.reloads += 1
+            log.info("TLS certificate files reloaded (%s)", self.paths[0])
+            return self.current
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self.current,
+            self.fetch,
+            require_client_authentication=self.settings.require_client_cert,
+        )
+
+
+def spiffe_ids(values: Iterable[bytes | str]) -> list[str]:
+    out = []
+    for value in values:
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        if text.startswith("spiffe://"):
+            out.append(text)
+    return out
+
+
+def peer_of_auth_context(auth_context: Mapping[str, Iterable[bytes]]) -> Workload | None:
+    """The workload a verified client certificate names (its one SPIFFE URI SAN)."""
+    ids = spiffe_ids(auth_context.get(_SAN_KEY, ()))
+    return from_spiffe(ids[0]) if len(ids) == 1 else None
+
+
+def proven_peer(context: Any, settings: ServerSettings) -> Workload | None:
+    """The caller's identity as a call's transport proves it: its client certificate, or
+    the x-forwarded-client-cert of asm-proxy's own sidecar when that is trusted."""
+    if settings.tls is not None:
+        peer = peer_of_auth_context(context.auth_context())
+        if peer is not None:
+            return peer
+    if settings.trust_forwarded_client_cert:
+        for key, value in context.invocation_metadata() or ():
+            if key == XFCC_HEADER:
+                return peer_of_xfcc(value)
+    return None
+
+
+def peer_of_xfcc(header: str) -> Workload | None:
+    """The workload of the last element of an `x-forwarded-client-cert` header (the one the
+    sidecar in front of asm-proxy added: `By=...;Hash=...;URI=spiffe://...`)."""
+    last = header.rsplit(",", 1)[-1]
+    for part in last.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "uri":
+            return from_spiffe(value.strip('"'))
+    return None
