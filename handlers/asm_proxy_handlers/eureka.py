@@ -24,7 +24,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 from xml.parsers import expat
 from xml.sax.saxutils import escape
 
@@ -72,21 +71,22 @@ class Result:
     instances: int = 0
 
 
+#: scheme://[userinfo@]host[:port]rest — what an instance URL is made of.
+_URL = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@]*@)?(\[[^\]/]*\]|[^:/?#\[\]]+)(?::(\d+))?(.*)", re.S
+)
+
+
 def _new_url(url: str, host: str, old_port: int | None, port: int | None) -> str:
     """`url` with `host` in place of its host (and `port` for `old_port`, if mapped)."""
-    try:
-        parts = urlsplit(url)
-        url_port = parts.port
-    except ValueError:
+    m = _URL.fullmatch(url)
+    if m is None:
         return url
-    if not parts.hostname:
-        return url
-    if port is not None and url_port is not None and url_port == old_port:
-        url_port = port
+    scheme, userinfo, _, url_port, rest = m.groups()
+    if port is not None and url_port is not None and int(url_port) == old_port:
+        url_port = str(port)
     netloc = host if url_port is None else f"{host}:{url_port}"
-    if parts.username or parts.password:
-        netloc = parts.netloc.rpartition("@")[0] + "@" + netloc
-    return urlunsplit(parts._replace(netloc=netloc))
+    return f"{scheme}{userinfo or ''}{netloc}{rest}"
 
 
 # -- JSON --------------------------------------------------------------------------------
