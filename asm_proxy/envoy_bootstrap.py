@@ -114,6 +114,8 @@ class Route:
     cluster: str
     domains: list[str] = field(default_factory=lambda: ["*"])
     prefix: str = "/"
+    #: Envoy's route timeout; "0s" for long-lived streams (gRPC push streams).
+    timeout: str = "10s"
 
 
 @dataclass
@@ -135,6 +137,10 @@ class Setup:
     #: (None: Envoy's default, effectively one connection per Envoy worker thread). On TCP the
     #: kernel spreads asm-proxy's workers by connection, so this is what spreads the streams.
     asm_proxy_max_streams: int | None = None
+    #: Clusters (names in `clusters`) that speak gRPC: HTTP/2 upstream, and one upstream
+    #: connection per client connection (a Nacos 2 server ties a client's calls and pushes
+    #: to its connection, so clients must not share one).
+    grpc_clusters: tuple[str, ...] = ()
 
 
 def _cluster(
@@ -142,15 +148,17 @@ def _cluster(
     addresses: list[dict[str, Any]],
     http2: bool = False,
     max_streams: int | None = None,
+    per_downstream: bool = False,
 ) -> dict[str, Any]:
-    """A static cluster; `max_streams` (HTTP/2 only) caps streams per connection."""
+    """A static cluster; `max_streams` (HTTP/2 only) caps streams per connection;
+    `per_downstream` gives each client connection its own upstream connections."""
     protocol: dict[str, Any]
     if http2:
         options = {} if max_streams is None else {"max_concurrent_streams": max_streams}
         protocol = {"http2_protocol_options": options}
     else:
         protocol = {"http_protocol_options": {"enable_trailers": True}}
-    return {
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -165,6 +173,9 @@ def _cluster(
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": a}} for a in addresses]}],
         },
     }
+    if per_downstream:
+        cluster["connection_pool_per_downstream_connection"] = True
+    return cluster
 
 
 def _address(target: str) -> dict[str, Any]:
@@ -196,7 +207,7 @@ def bootstrap(setup: Setup) -> dict[str, Any]:
             "routes": [
                 {
                     "match": {"prefix": route.prefix},
-                    "route": {"cluster": route.cluster, "timeout": "10s"},
+                    "route": {"cluster": route.cluster, "timeout": route.timeout},
                 }
             ],
         }
@@ -240,7 +251,13 @@ def bootstrap(setup: Setup) -> dict[str, Any]:
         )
     ]
     clusters += [
-        _cluster(name, [_address(f"127.0.0.1:{port}")]) for name, port in setup.clusters.items()
+        _cluster(
+            name,
+            [_address(f"127.0.0.1:{port}")],
+            http2=name in setup.grpc_clusters,
+            per_downstream=name in setup.grpc_clusters,
+        )
+        for name, port in setup.clusters.items()
     ]
     return {
         "node": {"id": setup.node_id, "cluster": "asm-proxy", "metadata": setup.node_metadata},

@@ -22,17 +22,15 @@ answer, an error status) passes through unchanged and is counted in `counts`.
 
 from __future__ import annotations
 
-import logging
-import string
-import time
-from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from pydantic import Field, field_validator
 
-from asm_proxy.api import Http, Plugin, PluginConfig, media_type, normalize_host
+from asm_proxy.api import Http, Plugin, media_type
+from asm_proxy_handlers.discovery.hosts import DiscoveryConfig, HostMap, Target
+from asm_proxy_handlers.discovery.outcomes import Outcomes
 
 DEFAULT_PATHS = ("/nacos/v1/ns/instance/list", "/nacos/v2/ns/instance/list")
 DEFAULT_GROUP = "DEFAULT_GROUP"
@@ -40,56 +38,17 @@ PUBLIC_NAMESPACE = "public"
 TEMPLATE_FIELDS = frozenset({"service", "group", "namespace", "namespaceId"})
 
 
-def _host_value(value: str) -> str:
-    host = normalize_host(value)
-    if host is None:
-        raise ValueError(f"{value!r} is not a host name")
-    return host
+class NacosConfig(DiscoveryConfig):
+    """The shared discovery config (`hostTemplate`, `services`, `ports`, `namespaces`,
+    `defaultNamespace`; keys of `services`/`ports` are "name" or "GROUP@@name", the
+    grouped key wins) and where the HTTP queries are."""
 
+    template_fields: ClassVar[frozenset[str]] = TEMPLATE_FIELDS
 
-class NacosConfig(PluginConfig):
-    #: The host an instance of service S in group G and Nacos namespace N becomes.
-    host_template: str = "{service}.{namespace}.svc.cluster.local"
-    #: Explicit service -> host; keys "name" or "GROUP@@name" (the grouped key wins).
-    services: dict[str, str] = Field(default_factory=dict)
-    #: Service -> port every instance of it gets; keys as in `services`.
-    ports: dict[str, int] = Field(default_factory=dict)
-    #: Nacos namespaceId -> the `{namespace}` of the template (a Kubernetes namespace).
-    namespaces: dict[str, str] = Field(default_factory=dict)
-    #: `{namespace}` for Nacos' public namespace (namespaceId empty or "public").
-    default_namespace: str = "default"
     #: Request paths (without query) that are Nacos instance-list queries.
     paths: list[str] = Field(default_factory=lambda: list(DEFAULT_PATHS))
     #: Remove Accept-Encoding from matched queries so Nacos answers uncompressed.
     strip_accept_encoding: bool = True
-
-    @field_validator("host_template")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
-        except ValueError as exc:
-            raise ValueError(f"template {value!r}: {exc}") from None
-        for name in fields:
-            if name not in TEMPLATE_FIELDS:
-                allowed = ", ".join("{" + f + "}" for f in sorted(TEMPLATE_FIELDS))
-                raise ValueError(f"template field {{{name}}} is unknown; use {allowed}")
-        if "service" not in fields:
-            raise ValueError("the template must contain {service}")
-        return value
-
-    @field_validator("services")
-    @classmethod
-    def _services(cls, value: dict[str, str]) -> dict[str, str]:
-        return {key: _host_value(host) for key, host in value.items()}
-
-    @field_validator("ports")
-    @classmethod
-    def _ports(cls, value: dict[str, int]) -> dict[str, int]:
-        for key, port in value.items():
-            if not 1 <= port <= 65535:
-                raise ValueError(f"port {port} of {key!r} is not in 1-65535")
-        return value
 
     @field_validator("paths")
     @classmethod
@@ -98,6 +57,24 @@ class NacosConfig(PluginConfig):
             if not path.startswith("/") or "?" in path:
                 raise ValueError(f"path {path!r} must start with '/' and have no query")
         return value
+
+
+def nacos_hosts(config: DiscoveryConfig) -> HostMap:
+    """The HostMap of a Nacos config (the HTTP and the gRPC plugin share it)."""
+    return HostMap(config, frozenset({PUBLIC_NAMESPACE}))
+
+
+def nacos_target(hosts: HostMap, service: str, group: str, namespace_id: str) -> Target | str:
+    """Where instances of `group`@@`service` in `namespace_id` go ("" = public)."""
+    if "@@" in service:
+        group, service = service.split("@@", 1)
+    group = group or DEFAULT_GROUP
+    if not service:
+        return "no_service_name"
+    keys = (f"{group}@@{service}", service)
+    return hosts.resolve(
+        service, keys, namespace_id=namespace_id or PUBLIC_NAMESPACE, fields={"group": group}
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -134,6 +111,26 @@ def _hosts_of(doc: Any) -> list[Any] | str:
     return hosts
 
 
+def set_instances(hosts: list[Any], host: str, port: int | None) -> str:
+    """Set every instance's `ip` to `host` (and `port`, if given) in place: "rewritten",
+    "unchanged", or "unexpected_shape" (then `hosts` may be half changed: drop it)."""
+    changed = False
+    for instance in hosts:
+        if not isinstance(instance, dict) or not isinstance(instance.get("ip"), str):
+            return "unexpected_shape"
+        if port is not None:
+            old_port = instance.get("port")
+            if type(old_port) is not int:
+                return "unexpected_shape"
+            if old_port != port:
+                instance["port"] = port
+                changed = True
+        if instance["ip"] != host:
+            instance["ip"] = host
+            changed = True
+    return "rewritten" if changed else "unchanged"
+
+
 def rewrite_instances(data: bytes, host: str, port: int | None = None) -> Rewrite:
     """Set every instance's `ip` to `host` (and `port`, if given) in a Nacos instance-list
     answer. Never raises: anything it cannot rewrite whole is reported and left alone."""
@@ -146,22 +143,9 @@ def rewrite_instances(data: bytes, host: str, port: int | None = None) -> Rewrit
         return Rewrite(hosts)
     if not hosts:
         return Rewrite("no_instances")
-    changed = False
-    for instance in hosts:
-        if not isinstance(instance, dict) or not isinstance(instance.get("ip"), str):
-            return Rewrite("unexpected_shape")
-        if port is not None:
-            old_port = instance.get("port")
-            if type(old_port) is not int:
-                return Rewrite("unexpected_shape")
-            if old_port != port:
-                instance["port"] = port
-                changed = True
-        if instance["ip"] != host:
-            instance["ip"] = host
-            changed = True
-    if not changed:
-        return Rewrite("unchanged", instances=len(hosts))
+    outcome = set_instances(hosts, host, port)
+    if outcome != "rewritten":
+        return Rewrite(outcome, instances=len(hosts) if outcome == "unchanged" else 0)
     try:
         body = orjson.dumps(doc)
     except orjson.JSONEncodeError:  # nested deeper than orjson writes
@@ -172,15 +156,6 @@ def rewrite_instances(data: bytes, host: str, port: int | None = None) -> Rewrit
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    service: str
-    group: str
-    namespace_id: str
-    host: str
-    port: int | None
-
-
 class NacosPlugin(Plugin):
     """Nacos instance lists: pod IPs become service host names."""
 
@@ -189,42 +164,21 @@ class NacosPlugin(Plugin):
     def __init__(self, config: NacosConfig) -> None:
         super().__init__(config)
         self.paths = frozenset(config.paths)
-        self.template = config.host_template
-        self.services = dict(config.services)
-        self.ports = dict(config.ports)
-        self.namespaces = dict(config.namespaces)
+        self.hosts = nacos_hosts(config)
+        self.outcomes = Outcomes("nacos")
         #: What happened to the exchanges seen, by outcome (rewritten, not_json, ...).
-        self.counts: Counter[str] = Counter()
-        self._last_warning: dict[str, float] = {}
+        self.counts = self.outcomes.counts
 
     # -- request -------------------------------------------------------------------------
 
     def target(self, query: dict[str, str]) -> Target | str:
         """Where instances of the queried service go, or why there is no answer to that."""
-        service = query.get("serviceName", "")
-        group = query.get("groupName") or DEFAULT_GROUP
-        if "@@" in service:
-            group, service = service.split("@@", 1)
-        if not service:
-            return "no_service_name"
-        namespace_id = query.get("namespaceId") or PUBLIC_NAMESPACE
-        grouped = f"{group}@@{service}"
-        host = self.services.get(grouped) or self.services.get(service)
-        if host is None:
-            namespace = self.namespaces.get(namespace_id)
-            if namespace is None:
-                namespace = (
-                    self.config.default_namespace
-                    if namespace_id == PUBLIC_NAMESPACE
-                    else namespace_id
-                )
-            host = self.template.format(
-                service=service, group=group, namespace=namespace, namespaceId=namespace_id
-            ).lower()
-            if normalize_host(host) != host:  # not a host name as it stands
-                return "unmappable"
-        port = self.ports.get(grouped) or self.ports.get(service)
-        return Target(service, group, namespace_id, host, port)
+        return nacos_target(
+            self.hosts,
+            query.get("serviceName", ""),
+            query.get("groupName", ""),
+            query.get("namespaceId", ""),
+        )
 
     def on_request_headers(self, http: Http) -> None:
         request = http.request
@@ -273,8 +227,7 @@ class NacosPlugin(Plugin):
                 self._pass(http, result.outcome, f"{body.size} bytes")
             return
         body.replace(result.body)
-        self.counts["rewritten"] += 1
-        self.counts["instances_rewritten"] += result.instances
+        self.outcomes.rewritten(result.instances)
         http.set_metadata(
             "nacos",
             {
@@ -290,17 +243,6 @@ class NacosPlugin(Plugin):
 
     def _pass(self, http: Http, reason: str, detail: str) -> None:
         """Leave this answer alone: count it, log it (at most every 10s per reason)."""
-        self.counts[reason] += 1
         http.set_metadata("nacos", {"result": reason})
         http.done()
-        now = time.monotonic()
-        if now - self._last_warning.get(reason, -1e9) >= 10.0:
-            self._last_warning[reason] = now
-            level = logging.INFO if reason == "status" else logging.WARNING
-            self.log.log(
-                level,
-                "nacos %s: answer passed through unchanged (%s; %d so far)",
-                reason,
-                detail,
-                self.counts[reason],
-            )
+        self.outcomes.passed(self.log, reason, detail)

@@ -87,7 +87,7 @@ def stack(tmp_path: Path, upstreams: Upstreams) -> Iterator[StackFactory]:
 
     `clusters` adds upstreams of the test's own ({name: port on 127.0.0.1}) to the echo
     upstreams a and b; `access_log_keys` adds metadata keys the access log prints as
-    `md_<key>`."""
+    `md_<key>`; `grpc_clusters` names those of them that speak gRPC (HTTP/2)."""
     made: list[Stack] = []
 
     def make(
@@ -101,6 +101,7 @@ def stack(tmp_path: Path, upstreams: Upstreams) -> Iterator[StackFactory]:
         use_ext_proc: bool = True,
         clusters: dict[str, int] | None = None,
         access_log_keys: tuple[str, ...] = (),
+        grpc_clusters: tuple[str, ...] = (),
     ) -> Stack:
         n = len(made)
         config_path = tmp_path / f"asm-proxy-{n}.yaml"
@@ -122,6 +123,7 @@ def stack(tmp_path: Path, upstreams: Upstreams) -> Iterator[StackFactory]:
                 *access_log_keys,
             ),
             node_metadata=node_metadata or {},
+            grpc_clusters=grpc_clusters,
         )
         config_dict = bootstrap(setup)
         try:

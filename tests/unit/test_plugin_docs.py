@@ -16,7 +16,10 @@ from asm_proxy.loader import load
 from asm_proxy.plugin import Plugin
 from asm_proxy.testing import PluginHost
 from asm_proxy_handlers.body_log import BodyLogPlugin
+from asm_proxy_handlers.consul import ConsulPlugin
+from asm_proxy_handlers.eureka import EurekaPlugin
 from asm_proxy_handlers.nacos import NacosPlugin
+from asm_proxy_handlers.nacos_grpc import NacosGrpcPlugin
 from asm_proxy_handlers.reverse_dns import ReverseDnsPlugin
 from tests.support.envoy_snippets import validate_snippets
 
@@ -27,6 +30,8 @@ PLUGINS: dict[str, type[Plugin]] = {
     "nacos": NacosPlugin,
     "reverse_dns": ReverseDnsPlugin,
     "body_log": BodyLogPlugin,
+    "eureka": EurekaPlugin,
+    "consul": ConsulPlugin,
 }
 
 
@@ -94,3 +99,20 @@ def test_nacos_example_answer() -> None:
     (step,) = host.response_body(answer)
     assert step.body == found["client-gets"].strip().encode()
     assert orjson.loads(step.body)["hosts"][0]["ip"] == "provider.shop.svc.cluster.local"
+
+
+def test_nacos_grpc_blocks(tmp_path: Path) -> None:
+    """nacos.md's gRPC part: its config loads, its filter and cluster load in Envoy, and
+    every field of nacos_grpc is named."""
+    found = blocks("nacos")
+    path = tmp_path / "config.yaml"
+    path.write_text(found["asm-proxy-grpc"])
+    (entry,) = load(path).chain.entries
+    assert isinstance(entry.plugin, NacosGrpcPlugin)
+    validate_snippets(
+        filters=[yaml.safe_load(found["ext_proc-grpc"])],
+        clusters=[yaml.safe_load(found["cluster-grpc"])],
+    )
+    text = (DOCS / "nacos.md").read_text()
+    for field in _fields(NacosGrpcPlugin.Config):
+        assert f"`{field}`" in text, f"{field} is not in nacos.md"
