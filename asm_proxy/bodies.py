@@ -44,11 +44,8 @@ class BodyContext(Protocol):
 
 
 async def _chunk_hooks(
-    x: Exchange, plan: Plan, d: Direction, data: bytes, eos: bool, deadline: float
-) -> tuple[Chunk | None, Respond | None]:
-    hooks = plan.hooks[d.events.chunk]
-    if not hooks:
-        return None, None
+    x: Exchange, hooks: tuple[Hook, ...], data: bytes, eos: bool, deadline: float
+) -> tuple[Chunk, Respond | None]:
     chunk = Chunk(data, eos, x.undo)
     return chunk, await run_hooks(hooks, x, (chunk,), deadline)
 
@@ -114,7 +111,11 @@ class OneShot(BodyStrategy):
         # BUFFERED without end_of_stream means trailers follow, unless the mode is only
         # assumed: then it may be the first piece of a streamed body. Call it incomplete.
         buffer.complete = eos or (d.mode == BUFFERED and not d.assumed)
-        chunk, outcome = await _chunk_hooks(x, plan, d, data, eos, deadline)
+        chunk: Chunk | None = None
+        outcome: Respond | None = None
+        hooks = plan.hooks[d.events.chunk]
+        if hooks:  # awaiting costs a coroutine; most bodies have no chunk hook
+            chunk, outcome = await _chunk_hooks(x, hooks, data, eos, deadline)
         buffer.add(data)
         if chunk is not None and chunk.replaced:
             buffer.replacement = chunk.data
@@ -146,7 +147,11 @@ class Streamed(BodyStrategy):
         eos: bool,
         deadline: float,
     ) -> Reply:
-        chunk, outcome = await _chunk_hooks(x, plan, d, data, eos, deadline)
+        chunk: Chunk | None = None
+        outcome: Respond | None = None
+        hooks = plan.hooks[d.events.chunk]
+        if hooks:  # awaiting costs a coroutine; most bodies have no chunk hook
+            chunk, outcome = await _chunk_hooks(x, hooks, data, eos, deadline)
         whole = plan.hooks[d.events.body]
         if outcome is None and whole and not d.whole_done:
             d.buffer().add(data)
@@ -171,7 +176,11 @@ class FullDuplex(BodyStrategy):
         deadline: float,
     ) -> Reply:
         event = d.events.body
-        chunk, outcome = await _chunk_hooks(x, plan, d, data, eos, deadline)
+        chunk: Chunk | None = None
+        outcome: Respond | None = None
+        hooks = plan.hooks[d.events.chunk]
+        if hooks:  # awaiting costs a coroutine; most bodies have no chunk hook
+            chunk, outcome = await _chunk_hooks(x, hooks, data, eos, deadline)
         if chunk is not None:
             data = chunk.data
         whole = plan.hooks[event]
@@ -216,10 +225,11 @@ STREAMED_STRATEGY = Streamed()
 FULL_DUPLEX_STRATEGY = FullDuplex()
 
 
+_BY_MODE: dict[BodyMode, BodyStrategy] = {mode: ONE_SHOT_STRATEGY for mode in ONE_SHOT} | {
+    FULL_DUPLEX: FULL_DUPLEX_STRATEGY
+}
+
+
 def for_mode(mode: BodyMode) -> BodyStrategy:
-    """The strategy for a body Envoy sends in `mode`."""
-    if mode in ONE_SHOT:
-        return ONE_SHOT_STRATEGY
-    if mode == FULL_DUPLEX:
-        return FULL_DUPLEX_STRATEGY
-    return STREAMED_STRATEGY
+    """The strategy for a body Envoy sends in `mode` (STREAMED for the rest)."""
+    return _BY_MODE.get(mode, STREAMED_STRATEGY)
