@@ -1,4 +1,4 @@
-"""`asm-proxy serve | validate | render | health | demo | plugins`."""
+"""`asm-proxy serve | validate | render | diagnose | health | demo | plugins`."""
 
 from __future__ import annotations
 
@@ -106,6 +106,35 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    from asm_proxy.diagnose import (
+        diagnose,
+        format_json,
+        format_text,
+        read_envoy_admin,
+        read_envoy_files,
+        worst,
+    )
+
+    envoy = None
+    try:
+        if args.envoy_admin:
+            envoy = read_envoy_admin(args.envoy_admin)
+        elif args.envoy_config:
+            envoy = read_envoy_files(args.envoy_config)
+        findings = diagnose(args.config, envoy)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"asm-proxy diagnose: {exc}", file=sys.stderr)
+        return 2
+    out = format_json(findings) if args.format == "json" else format_text(findings)
+    sys.stdout.write(out)
+    return worst(findings)
+
+
 def _health(address: str, service: str, timeout: float) -> int:
     """Exit 0 if asm-proxy at `address` says SERVING (for exec probes on a Unix socket)."""
     import grpc
@@ -186,6 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     p_render.add_argument("--client-cert", help="central, envoy: Envoy's client certificate")
     p_render.add_argument("--client-key", help="central, envoy: its private key")
     p_render.add_argument("--client-ca", help="central, envoy: the CA of asm-proxy's certificate")
+    p_diagnose = sub.add_parser(
+        "diagnose", help="find mistakes in a config and in the Envoy config that calls it"
+    )
+    p_diagnose.add_argument("--config", "-c", required=True, help="the asm-proxy config file")
+    source = p_diagnose.add_mutually_exclusive_group()
+    source.add_argument(
+        "--envoy-config", nargs="+", help="Envoy config files (bootstrap, render's output)"
+    )
+    source.add_argument("--envoy-admin", help="a running Envoy's admin URL (its /config_dump)")
+    p_diagnose.add_argument("--format", choices=["text", "json"], default="text")
     p_health = sub.add_parser("health", help="gRPC health check (exit 0 when SERVING)")
     p_health.add_argument("address", help="HOST:PORT or unix:/path")
     p_health.add_argument("--service", default="", help="the health service name (default: all)")
@@ -202,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         return _plugins()
     if args.command == "render":
         return _render(args)
+    if args.command == "diagnose":
+        return _diagnose(args)
     if args.command == "health":
         return _health(args.address, args.service, args.timeout)
     _setup_logging()

@@ -120,13 +120,16 @@ class Plugin:
     guards_access: ClassVar[bool] = False
 
     #: What the plugin needs of Envoy's filter config beyond its hooks (`asm-proxy render`
-    #: derives the config from these, `diagnose` checks a live one): True if it changes
+    #: derives the config from these, `diagnose` checks one): True if it changes
     #: :authority, :path or host (Envoy must allow it: mutation_rules.allow_all_routing);
     #: the dynamic metadata namespaces it writes besides the server's own; the Envoy
     #: attributes it reads through `http.attributes`. An instance may set them in __init__.
     changes_routing: bool = False
     metadata_namespaces: frozenset[str] = frozenset()
     request_attributes: frozenset[str] = frozenset()
+    #: The largest body a whole-body hook must see complete (0: no claim); `diagnose`
+    #: warns when Envoy's buffer limit is below it (Envoy answers 413 past its limit).
+    body_bytes: int = 0
 
     name: str = ""
     log: logging.Logger = logging.getLogger("asm_proxy.plugin")
