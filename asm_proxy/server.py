@@ -19,11 +19,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from asm_proxy import offload
+from asm_proxy import observe, offload
 from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings
 from asm_proxy.loader import Loaded, load, load_text
+from asm_proxy.metrics.serving import bind_chain, forget_plugins, record
+from asm_proxy.observe import EXT_PROC, StreamEnd
 from asm_proxy.reload import ConfigWatcher
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
@@ -71,6 +73,9 @@ class ExternalProcessorServicer:
         chain = state.chain
         chain.acquire()
         counters.streams_started += 1
+        watching = observe.stream_started(EXT_PROC) if observe.stream_observers else None
+        stream: Stream | None = None
+        end = StreamEnd.CANCELLED  # unless it gets further
         try:
             settings = state.settings
             peer = proven_peer(context, settings) if settings.proves_peers else None
@@ -79,6 +84,7 @@ class ExternalProcessorServicer:
             while True:
                 msg = await read()
                 if msg is eof:
+                    end = StreamEnd.COMPLETE
                     return
                 reply = await stream.handle(msg)
                 if reply is None:
@@ -90,15 +96,18 @@ class ExternalProcessorServicer:
                     await write(reply)
                 if stream.closing:
                     counters.streams_closed_early += 1
+                    end = StreamEnd.CLOSED_EARLY
                     return  # nothing more is needed: end the stream (status OK)
         except ProtocolError as exc:
             counters.streams_aborted += 1
+            end = StreamEnd.PROTOCOL_ERROR
             log.info("ext_proc stream ended: %s", exc.message)
             await context.abort(exc.code, exc.message)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:
             counters.streams_aborted += 1
+            end = StreamEnd.INTERNAL_ERROR
             log.exception("ext_proc stream failed inside asm-proxy")
             await context.abort(
                 grpc.StatusCode.INTERNAL, "asm-proxy internal error on this stream; see its log"
@@ -106,6 +115,9 @@ class ExternalProcessorServicer:
         finally:
             counters.streams_finished += 1
             chain.release()
+            if watching is not None:
+                exchange = stream.exchange if stream is not None else None
+                observe.stream_ended(watching, EXT_PROC, exchange, end)
 
 
 def _add_services(server: grpc.aio.Server, state: ServerState) -> None:
@@ -169,6 +181,13 @@ def unix_socket_in_use(path: Path) -> bool:
     return True
 
 
+def _bind(settings: ServerSettings, chain: Chain) -> None:
+    """Bind `chain`'s entries and plugins to this process's metrics, if it records them
+    (ValueError if a plugin's metric clashes with one already declared)."""
+    if settings.metrics:
+        bind_chain(chain)
+
+
 class Server:
     """asm-proxy's gRPC server; `await start()`, then `await stop()`."""
 
@@ -193,6 +212,7 @@ class Server:
         self.address = ""
         self.port = 0
         self.certificates: CertificateFiles | None = None
+        self._recording = False
 
     @property
     def settings(self) -> ServerSettings:
@@ -206,6 +226,9 @@ class Server:
         address = listen or self.settings.listen
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
         _quiet_grpc_resets()
+        self.state.on_retired = self._retired
+        _bind(self.settings, self.state.chain)
+        self._record(self.settings.metrics)
         await self.state.chain.start()
         server = grpc.aio.server(options=grpc_options(self.settings, reuse_port=self.reuse_port))
         _add_services(server, self.state)
@@ -263,6 +286,12 @@ class Server:
             )
             return False
         try:
+            _bind(loaded.settings, loaded.chain)
+        except ValueError as exc:  # a plugin's metric clashes with one already declared
+            counters.config_reload_failures += 1
+            log.error("config %s refused: %s", self.config_path, exc)
+            return False
+        try:
             await loaded.chain.start()
         except Exception as exc:
             counters.config_reload_failures += 1
@@ -272,6 +301,7 @@ class Server:
         if loaded.settings.listen != self.settings.listen:
             log.warning("listen changed to %s; it takes effect on restart", loaded.settings.listen)
         self.state.install(loaded.settings, loaded.chain)
+        self._record(loaded.settings.metrics)
         offload.configure(loaded.settings.offload_processes, loaded.settings.offload_threshold)
         counters.config_reloads += 1
         self._info(
@@ -280,6 +310,16 @@ class Server:
             ", ".join(e.name for e in loaded.chain.entries) or "no plugins",
         )
         return True
+
+    def _record(self, on: bool) -> None:
+        """Record metrics while this server runs with `metrics: true`."""
+        if on != self._recording:
+            self._recording = on
+            record(on)
+
+    def _retired(self, chain: Chain) -> None:
+        """A replaced chain has ended: its plugins' series go unless still configured."""
+        forget_plugins(e.name for e in self.state.chain.entries)
 
     def poke_reload(self) -> None:
         if self._watcher is not None:
@@ -309,6 +349,7 @@ class Server:
             await self._server.stop(grace)
         await self.state.chain.close()
         await offload.close_pool()
+        self._record(False)
         if self.address.startswith("unix:"):
             with contextlib.suppress(OSError):
                 os.unlink(self.address[len("unix:") :])

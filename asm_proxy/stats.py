@@ -1,12 +1,13 @@
 """Process-wide counters of what the server did, cheap enough for the per-request path.
 
-Plain integer attributes, bumped inline; the metrics issue exports them. Tests read them to
-prove things Envoy cannot show (how many bytes were copied joining bodies, which phases the
-chain skipped).
+Plain integer attributes, bumped inline; a worker's metrics snapshot exports them
+(asm_proxy.metrics.serving). Tests read them to prove things Envoy cannot show (how many
+bytes were copied joining bodies, which phases the chain skipped).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 
@@ -43,3 +44,6 @@ class Counters:
 
 
 counters = Counters()
+
+#: ProcessingRequests received, by their `request` field (request_headers, ...).
+message_kinds: Counter[str] = Counter()

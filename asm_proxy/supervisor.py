@@ -34,11 +34,22 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from asm_proxy.config import ConfigError, ServerSettings, read_config_text
-from asm_proxy.loader import load_text
+from asm_proxy import __version__, logs
+from asm_proxy.admin import AdminServer
+from asm_proxy.config import (
+    AdminSettings,
+    ConfigError,
+    ServerSettings,
+    config_hash,
+    read_config_text,
+)
+from asm_proxy.config_dump import describe_plugins, dump_config
+from asm_proxy.loader import Loaded, load_text
+from asm_proxy.metrics.exposition import Merged, Totals
 from asm_proxy.reload import ConfigWatcher
 
 log = logging.getLogger("asm_proxy.supervisor")
@@ -136,6 +147,8 @@ class WorkerHandle:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader_task: asyncio.Task[None] | None = None
+        #: Its metrics as last reported (a scrape, or its final word when it stopped).
+        self.last_metrics: list[dict[str, Any]] | None = None
 
     @property
     def alive(self) -> bool:
@@ -152,6 +165,9 @@ class WorkerHandle:
                 if not line:
                     break
                 message = json.loads(line)
+                if message.get("op") == "final":
+                    self.last_metrics = message.get("families")
+                    continue
                 future = self._pending.pop(message.get("id", 0), None)
                 if future is not None and not future.done():
                     future.set_result(message)
@@ -183,6 +199,12 @@ class WorkerHandle:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 _send(self.writer, message)
 
+    async def finished(self, wait: float = 1.0) -> None:
+        """Wait (a little) until everything the exited worker wrote has been read."""
+        if self._reader_task is not None and not self._reader_task.done():
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._reader_task), wait)
+
     def close(self) -> None:
         if self._reader_task is not None:
             self._reader_task.cancel()
@@ -199,6 +221,7 @@ class Supervisor:
         *,
         listen: str | None = None,
         workers: int | None = None,
+        admin: str | None = None,
     ) -> None:
         self.config_path = Path(config_path)
         self._listen = listen
@@ -213,21 +236,48 @@ class Supervisor:
         self._watcher: ConfigWatcher | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
+        #: What the admin endpoint and the metrics tell about the running config.
+        self.config_hash = ""
+        self.loaded_at = 0.0
+        self.plugins: list[dict[str, Any]] = []
+        self.config_dump: dict[str, Any] = {}
+        self.reloads = {"ok": 0, "failed": 0}
+        #: Every worker has said it serves once (workers restarting later keep it true).
+        self.started = False
+        self.totals = Totals()
+        self.admin: AdminServer | None = None
+        self._admin_listen = admin
+        #: `asm-proxy serve`: the config's log format and level are the process's.
+        self.owns_logging = False
 
     # -- starting ------------------------------------------------------------------
 
-    def _read(self) -> tuple[str, ServerSettings, list[str]]:
+    def _read(self) -> tuple[str, Loaded]:
         text = read_config_text(self.config_path)  # raises ConfigError
         loaded = load_text(self.config_path, text)  # raises ConfigError
         for warning in loaded.warnings:
             log.warning("%s", warning)
-        return text, loaded.settings, [e.name for e in loaded.chain.entries]
+        return text, loaded
+
+    def _running(self, text: str, loaded: Loaded) -> None:
+        """Remember what the workers now run, for /config_dump, /plugins and metrics."""
+        self._text, self.settings = text, loaded.settings
+        self.config_hash = config_hash(text)
+        self.loaded_at = time.time()
+        self.plugins = describe_plugins(loaded.chain)
+        self.config_dump = dump_config(text, loaded)
 
     async def start(self) -> None:
         """Check the config and the address, start every worker; raises ConfigError or
         OSError (nothing left running) if that cannot be done."""
-        self._text, self.settings, names = self._read()
+        text, loaded = self._read()
+        self._running(text, loaded)
+        names = [e.name for e in loaded.chain.entries]
         listen = self._listen or self.settings.listen
+        admin = self._admin_settings()
+        if admin is not None:
+            self.admin = AdminServer(self, admin)
+            await self.admin.start()  # raises OSError: nothing else started yet
         count = self._workers or self.settings.workers or default_workers()
         if not listen.startswith("unix:"):
             self._holder, listen = reserve_tcp_port(listen)
@@ -242,11 +292,14 @@ class Supervisor:
         if failure is not None:
             await self._kill_all()
             self._release()
+            if self.admin is not None:
+                await self.admin.stop()
             if isinstance(failure, WorkerStartError):
                 raise OSError(str(failure))
             raise failure
         for handle in self.workers:
             self._watch(handle)
+        self.started = True
         if self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
                 self.config_path, self.settings.reload_interval, self.reload
@@ -317,7 +370,10 @@ class Supervisor:
     async def _keep_alive(self, handle: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
         code = await handle.proc.wait()
+        await handle.finished()
         handle.close()
+        self.totals.retire(handle.last_metrics)
+        handle.last_metrics = None
         if self._stopping:
             return
         died_at = loop.time()
@@ -366,14 +422,17 @@ class Supervisor:
         """Check the file once; if good, every worker swaps to it (or none does)."""
         async with self._reload_lock:
             try:
-                text, settings, names = self._read()
+                text, loaded = self._read()
             except ConfigError as exc:
+                self.reloads["failed"] += 1
                 log.error(
                     "config %s refused; the running chain stays:\n%s",
                     self.config_path,
                     "\n".join(f"  {p}" for p in exc.problems),
                 )
                 return False
+            settings = loaded.settings
+            names = [e.name for e in loaded.chain.entries]
             workers = [w for w in self.workers if w.alive]
             replies = await asyncio.gather(
                 *(w.request({"op": "reload", "config": text}) for w in workers),
@@ -392,10 +451,16 @@ class Supervisor:
                     *(w.request({"op": "reload", "config": self._text}) for w in swapped),
                     return_exceptions=True,
                 )
+                self.reloads["failed"] += 1
                 return False
             if settings.listen != self.settings.listen or settings.workers != self.settings.workers:
                 log.warning("listen and workers changes take effect on restart")
-            self._text, self.settings = text, settings
+            if settings.admin != self.settings.admin:
+                log.warning("admin changes take effect on restart")
+            self._running(text, loaded)
+            self.reloads["ok"] += 1
+            if self.owns_logging:
+                logs.setup(settings.log_format, settings.log_level)
             log.info(
                 "config %s reloaded in %d worker(s): %s",
                 self.config_path,
@@ -417,6 +482,51 @@ class Supervisor:
             *(w.request({"op": "stats"}, wait=10) for w in workers), return_exceptions=True
         )
         return [r for r in replies if isinstance(r, dict)]
+
+    async def metrics(self) -> dict[str, Merged]:
+        """Every worker's metrics summed, with what workers now gone had counted."""
+        workers = [w for w in self.workers if w.alive]
+        replies = await asyncio.gather(
+            *(w.request({"op": "metrics"}, wait=10) for w in workers), return_exceptions=True
+        )
+        live = []
+        for worker, reply in zip(workers, replies, strict=True):
+            if isinstance(reply, dict):
+                worker.last_metrics = reply["families"]
+            if worker.last_metrics is not None:
+                live.append(worker.last_metrics)
+        return self.totals.with_live(live)
+
+    @property
+    def serving(self) -> list[WorkerHandle]:
+        return [w for w in self.workers if w.alive]
+
+    @property
+    def ready(self) -> bool:
+        """Config loaded, every worker has started, one serves now, and not draining."""
+        return self.started and not self._stopping and bool(self.serving)
+
+    def state(self) -> dict[str, Any]:
+        """What the supervisor knows of itself (metrics, /readyz, /config_dump)."""
+        return {
+            "workers": len(self.addresses),
+            "workers_serving": len(self.serving),
+            "restarts": self.restarts,
+            "reloads": dict(self.reloads),
+            "config_hash": self.config_hash,
+            "config_file": str(self.config_path),
+            "loaded_at": self.loaded_at,
+            "plugins": self.plugins,
+            "ready": self.ready,
+            "draining": self._stopping,
+            "version": __version__,
+        }
+
+    def _admin_settings(self) -> AdminSettings | None:
+        if self._admin_listen is None:
+            return self.settings.admin
+        base = self.settings.admin or AdminSettings()
+        return AdminSettings(listen=self._admin_listen, allow_non_loopback=base.allow_non_loopback)
 
     @property
     def pids(self) -> list[int]:
@@ -440,6 +550,8 @@ class Supervisor:
             handle.tell({"op": "drain", "delay": delay, "grace": grace})
         await self._wait_all(delay + grace + 5.0)
         self._release()
+        if self.admin is not None:
+            await self.admin.stop()
 
     async def force(self) -> None:
         """Stop now: streams in flight are cut; stragglers are killed after 2 seconds."""
@@ -449,6 +561,8 @@ class Supervisor:
             handle.tell({"op": "stop"})
         await self._wait_all(2.0)
         self._release()
+        if self.admin is not None:
+            await self.admin.stop()
 
     def _stop_tasks(self) -> None:
         for task in list(self._tasks):
@@ -486,13 +600,18 @@ def _ok(reply: object) -> bool:
 
 
 async def supervise(
-    config_path: str, listen: str | None = None, workers: int | None = None
+    config_path: str,
+    listen: str | None = None,
+    workers: int | None = None,
+    admin: str | None = None,
 ) -> None:
     """`asm-proxy serve`: run until SIGTERM/SIGINT (drain) or a second one (stop now);
     SIGHUP checks the config file at once."""
-    supervisor = Supervisor(config_path, listen=listen, workers=workers)
+    supervisor = Supervisor(config_path, listen=listen, workers=workers, admin=admin)
+    supervisor.owns_logging = True
     await supervisor.start()
-    logging.getLogger().setLevel(supervisor.settings.log_level.upper())
+    settings = supervisor.settings
+    logs.setup(settings.log_format, settings.log_level)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     forced: list[asyncio.Task[None]] = []

@@ -7,9 +7,14 @@ bad since); then, one JSON object a line:
 
     {"op": "reload", "config": TEXT, "id": n} -> {"id": n, "ok": bool}
     {"op": "stats", "id": n}                  -> {"id": n, "index", "pid", "address",
-                                                  "in_flight", "counters"}
+                                                  "in_flight", "counters", "config_hash"}
+    {"op": "metrics", "id": n}                -> {"id": n, "families": [...]}
     {"op": "drain", "delay": s, "grace": s}      NOT_SERVING, then stop (see Server.drain)
     {"op": "stop"}                               stop now
+
+(`families` is asm_proxy.metrics.serving.snapshot(); the supervisor sums the workers'.)
+When it stops, a worker sends `{"op": "final", "families": [...]}` unasked, so what it
+counted since the last scrape is not lost to the supervisor's totals.
 
 If the supervisor goes away (its end of the socket closes), the worker stops too, so no
 orphan keeps the port. SIGTERM sent to a worker directly drains it like the supervisor's
@@ -31,8 +36,10 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from asm_proxy.config import ConfigError
+from asm_proxy import logs
+from asm_proxy.config import ConfigError, config_hash
 from asm_proxy.loader import load_text
+from asm_proxy.metrics.serving import snapshot
 from asm_proxy.server import Server
 from asm_proxy.stats import counters
 
@@ -47,6 +54,8 @@ class Worker:
         self.server: Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._drain: asyncio.Task[None] | None = None
+        #: The hash of the config text running now (config_hash()).
+        self.config_hash = ""
 
     def _send(self, message: dict[str, Any]) -> None:
         writer = self._writer
@@ -62,7 +71,7 @@ class Worker:
         start = json.loads(first)
         try:
             loaded = load_text(start["path"], start["config"])
-            logging.getLogger().setLevel(loaded.settings.log_level.upper())
+            logs.setup(loaded.settings.log_format, loaded.settings.log_level, worker=self.index)
             server = Server(
                 loaded,
                 config_path=start["path"],
@@ -78,6 +87,7 @@ class Worker:
             self._send({"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
             return 1
         self.server = server
+        self.config_hash = config_hash(start["config"])
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(
             signal.SIGTERM,
@@ -98,6 +108,10 @@ class Worker:
                 await control
             if self._drain is not None:
                 await self._drain
+            self._send({"op": "final", "families": snapshot()})
+            if self._writer is not None:
+                with contextlib.suppress(ConnectionError):
+                    await self._writer.drain()
         return 0
 
     async def _control(self, reader: asyncio.StreamReader) -> None:
@@ -114,7 +128,13 @@ class Worker:
             op = message.get("op")
             if op == "reload":
                 ok = await server.reload(message["config"])
+                if ok:
+                    self.config_hash = config_hash(message["config"])
+                    settings = server.settings
+                    logs.setup(settings.log_format, settings.log_level, worker=self.index)
                 self._send({"id": message["id"], "ok": ok})
+            elif op == "metrics":
+                self._send({"id": message["id"], "families": snapshot()})
             elif op == "stats":
                 self._send(
                     {
@@ -124,6 +144,7 @@ class Worker:
                         "address": server.address,
                         "in_flight": server.chain.in_flight,
                         "counters": counters.snapshot(),
+                        "config_hash": self.config_hash,
                     }
                 )
             elif op == "drain":
@@ -151,11 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse-port", action="store_true")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s",
-        stream=sys.stderr,
-    )
+    # The config's format and level apply once it has arrived.
+    logs.setup("auto", "info", worker=args.index)
     worker = Worker(args.index, args.listen, args.reuse_port)
     raise SystemExit(run_loop(worker.run(args.control_fd)))
 
