@@ -25,6 +25,7 @@ from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings
 from asm_proxy.loader import Loaded, load, load_text
 from asm_proxy.metrics.serving import bind_chain, forget_plugins, record
+from asm_proxy.metrics.store import REGISTRY, Registry
 from asm_proxy.observe import EXT_PROC, StreamEnd
 from asm_proxy.reload import ConfigWatcher
 from asm_proxy.state import ServerState
@@ -181,11 +182,11 @@ def unix_socket_in_use(path: Path) -> bool:
     return True
 
 
-def _bind(settings: ServerSettings, chain: Chain) -> None:
-    """Bind `chain`'s entries and plugins to this process's metrics, if it records them
+def _bind(settings: ServerSettings, chain: Chain, registry: Registry) -> None:
+    """Bind `chain`'s entries and plugins to `registry`, if the server records metrics
     (ValueError if a plugin's metric clashes with one already declared)."""
     if settings.metrics:
-        bind_chain(chain)
+        bind_chain(chain, registry)
 
 
 class Server:
@@ -199,8 +200,12 @@ class Server:
         reuse_port: bool = False,
         watch: bool = True,
         quiet: bool = False,
+        registry: Registry = REGISTRY,
     ) -> None:
         self.state = ServerState(loaded.settings, loaded.chain)
+        #: Where the plugins' metrics and their hooks' go (the process's, which a worker
+        #: reports; a test may give a server its own).
+        self.registry = registry
         self.config_path = Path(config_path) if config_path is not None else None
         self.reuse_port = reuse_port
         self.watch = watch  # False: reloads come from outside (the supervisor)
@@ -227,7 +232,7 @@ class Server:
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
         _quiet_grpc_resets()
         self.state.on_retired = self._retired
-        _bind(self.settings, self.state.chain)
+        _bind(self.settings, self.state.chain, self.registry)
         self._record(self.settings.metrics)
         await self.state.chain.start()
         server = grpc.aio.server(options=grpc_options(self.settings, reuse_port=self.reuse_port))
@@ -286,7 +291,7 @@ class Server:
             )
             return False
         try:
-            _bind(loaded.settings, loaded.chain)
+            _bind(loaded.settings, loaded.chain, self.registry)
         except ValueError as exc:  # a plugin's metric clashes with one already declared
             counters.config_reload_failures += 1
             log.error("config %s refused: %s", self.config_path, exc)
@@ -319,7 +324,7 @@ class Server:
 
     def _retired(self, chain: Chain) -> None:
         """A replaced chain has ended: its plugins' series go unless still configured."""
-        forget_plugins(e.name for e in self.state.chain.entries)
+        forget_plugins((e.name for e in self.state.chain.entries), self.registry)
 
     def poke_reload(self) -> None:
         if self._watcher is not None:
