@@ -98,23 +98,46 @@ def _trace_id_of_headers(d: Direction) -> str | None:
     return None
 
 
-def context(record: logging.LogRecord) -> tuple[str | None, str | None, str | None]:
-    """(plugin, request_id, trace_id) of the line."""
-    plugin = getattr(record, "plugin", None)
-    if plugin is None and record.name.startswith("asm_proxy.plugin."):
-        plugin = record.name[len("asm_proxy.plugin.") :]
+Ids = tuple[str | None, str | None, str | None]
+_NO_IDS: Ids = (None, None, None)
+
+
+def _exchange_ids() -> Ids:
+    """(running plugin, request id, trace id) of the exchange this task serves."""
     x = current_exchange.get()
     if x is None:
-        return plugin, None, None
-    if plugin is None and x.current is not None:
-        plugin = x.current.name or None
-    request_id = _header(x.request, "x-request-id")
+        return _NO_IDS
+    plugin = x.current.name or None if x.current is not None else None
     trace_id = None
     for hook in trace_id_hook:
         trace_id = hook()
     if trace_id is None:
         trace_id = _trace_id_of_headers(x.request)
-    return plugin, request_id, trace_id
+    return plugin, _header(x.request, "x-request-id"), trace_id
+
+
+_make_record = logging.getLogRecordFactory()
+
+
+def _record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    """Every record takes its exchange's ids when it is made, in the task that logs it
+    (a handler may format it later, elsewhere: pytest's caplog, a queue)."""
+    record = _make_record(*args, **kwargs)
+    record.asm_ids = _exchange_ids()
+    return record
+
+
+logging.setLogRecordFactory(_record)
+
+
+def context(record: logging.LogRecord) -> Ids:
+    """(plugin, request_id, trace_id) of the line: the plugin it names (`extra`), or whose
+    logger wrote it, or whose hook was running."""
+    running, request_id, trace_id = getattr(record, "asm_ids", _NO_IDS)
+    plugin = getattr(record, "plugin", None)
+    if plugin is None and record.name.startswith("asm_proxy.plugin."):
+        plugin = record.name[len("asm_proxy.plugin.") :]
+    return plugin or running, request_id, trace_id
 
 
 def _time(created: float) -> str:

@@ -76,17 +76,20 @@ class ExternalProcessorServicer:
         counters.streams_started += 1
         watching = observe.stream_started(EXT_PROC) if observe.stream_observers else None
         stream: Stream | None = None
-        end = StreamEnd.CANCELLED  # unless it gets further
+        end = StreamEnd.CANCELLED
         try:
             settings = state.settings
             peer = proven_peer(context, settings) if settings.proves_peers else None
             stream = Stream(chain, settings, peer=peer)
             read, write, eof = context.read, context.write, grpc.aio.EOF
             while True:
+                # Envoy resets a stream it needs no more instead of closing it: cancelled
+                # while waiting here, the exchange is complete (nothing was left unanswered).
+                end = StreamEnd.COMPLETE
                 msg = await read()
                 if msg is eof:
-                    end = StreamEnd.COMPLETE
                     return
+                end = StreamEnd.CANCELLED
                 reply = await stream.handle(msg)
                 if reply is None:
                     continue
@@ -182,6 +185,13 @@ def unix_socket_in_use(path: Path) -> bool:
     return True
 
 
+def _tracing_asked() -> bool:
+    """Whether the OTEL_* environment asks for traces (asm_proxy.tracing)."""
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
+    disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    return exporter not in ("", "none") and not disabled
+
+
 def _bind(settings: ServerSettings, chain: Chain, registry: Registry) -> None:
     """Bind `chain`'s entries and plugins to `registry`, if the server records metrics
     (ValueError if a plugin's metric clashes with one already declared)."""
@@ -234,6 +244,10 @@ class Server:
         self.state.on_retired = self._retired
         _bind(self.settings, self.state.chain, self.registry)
         self._record(self.settings.metrics)
+        if _tracing_asked():
+            from asm_proxy import tracing  # the OpenTelemetry SDK: ~60 ms to import
+
+            tracing.configure_once()
         await self.state.chain.start()
         server = grpc.aio.server(options=grpc_options(self.settings, reuse_port=self.reuse_port))
         _add_services(server, self.state)
