@@ -39,7 +39,7 @@ import orjson
 
 if TYPE_CHECKING:
     from asm_proxy.direction import Direction
-    from asm_proxy.exchange import Exchange
+    from asm_proxy.exchange import Exchange, Http
 
 Format = Literal["auto", "json", "text"]
 
@@ -54,7 +54,7 @@ _worker: int | None = None
 
 _SECRETS = re.compile(
     r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # a JWT
-    r"|(?i:\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}"  # an Authorization credential
+    r"|(?i:\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{12,}"  # an Authorization credential
 )
 
 
@@ -204,6 +204,53 @@ def format_from_env() -> Format:
     """ASM_PROXY_LOG_FORMAT: json, text or auto (the default)."""
     value = os.environ.get("ASM_PROXY_LOG_FORMAT", "auto").lower()
     return value if value in ("json", "text") else "auto"  # type: ignore[return-value]
+
+
+# -- decision logs -----------------------------------------------------------------------
+
+DecisionLog = Literal["all", "deny", "none"]
+#: Which decisions are logged (the server's `decisionLog` setting).
+decision_log: DecisionLog = "deny"
+_decisions = logging.getLogger("asm_proxy.decision")
+
+
+def log_decision(
+    plugin: str,
+    http: Http,
+    *,
+    allowed: bool,
+    reason: str,
+    status: int,
+    dry_run: bool = False,
+    details: dict[str, str | int | bool | None] | None = None,
+) -> None:
+    """One access decision as a log line with event "decision" (OPA's decision logs): who
+    decided, the verdict, why, and on what request (method, authority, path without its
+    query). `details` say who the caller was (consumer, credential kind), never the
+    credential itself."""
+    if decision_log == "none" or (allowed and decision_log == "deny"):
+        return
+    verdict = "allow" if allowed else ("dry_run_deny" if dry_run else "deny")
+    request = http.request
+    data: dict[str, Any] = {
+        "decision": verdict,
+        "status": status,
+        "reason": reason,
+        "method": request.method,
+        "authority": request.authority,
+        "path": request.path_only,
+    }
+    if details:
+        data.update({k: v for k, v in details.items() if v is not None})
+    _decisions.info(
+        "%s: %s %s %s (%s)",
+        plugin,
+        verdict,
+        request.method,
+        request.path_only,
+        reason,
+        extra={"event": "decision", "data": data, "plugin": plugin},
+    )
 
 
 def resolve(fmt: Format) -> Literal["json", "text"]:

@@ -25,13 +25,17 @@ import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from asm_proxy.events import BY_HOOK, Event, Side, body_of, chunk_of
+from asm_proxy.logs import log_decision
 from asm_proxy.metrics.declared import Counter, Declared, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from asm_proxy.exchange import Http
 
 D = TypeVar("D", bound=Declared[Any])
 
@@ -194,6 +198,34 @@ class Plugin:
             raise ValueError(f"{_qualname(type(self))}: metric {metric.name} declared twice")
         self.declared_metrics = (*self.declared_metrics, metric)
         return metric
+
+    # -- decision logs ---------------------------------------------------------------
+
+    def log_decision(
+        self,
+        http: Http,
+        *,
+        allowed: bool,
+        reason: str,
+        status: int = 0,
+        dry_run: bool = False,
+        **details: str | int | bool | None,
+    ) -> None:
+        """Log this exchange's access decision (a plugin that `guards_access`), as OPA's
+        decision logs: logger `asm_proxy.decision`, event "decision", with the verdict,
+        `reason` (a fixed word, such as `jwt_expired`), the status answered, the request's
+        method, authority and path (no query), and `details` (consumer, credential kind:
+        never a credential). The server's `decisionLog` setting says which are written:
+        all, deny (the default) or none."""
+        log_decision(
+            self.name,
+            http,
+            allowed=allowed,
+            reason=reason,
+            status=status or (200 if allowed else 403),
+            dry_run=dry_run,
+            details=details,
+        )
 
     def new_state(self) -> Any:
         """The per-exchange state slot this plugin reads as `http.state` (None by default)."""

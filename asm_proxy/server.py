@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from asm_proxy import observe, offload
+from asm_proxy import logs, observe, offload
 from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings
@@ -242,6 +242,7 @@ class Server:
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
         _quiet_grpc_resets()
         self.state.on_retired = self._retired
+        logs.decision_log = self.settings.decision_log
         _bind(self.settings, self.state.chain, self.registry)
         self._record(self.settings.metrics)
         if _tracing_asked():
@@ -321,6 +322,7 @@ class Server:
             log.warning("listen changed to %s; it takes effect on restart", loaded.settings.listen)
         self.state.install(loaded.settings, loaded.chain)
         self._record(loaded.settings.metrics)
+        logs.decision_log = loaded.settings.decision_log
         offload.configure(loaded.settings.offload_processes, loaded.settings.offload_threshold)
         counters.config_reloads += 1
         self._info(

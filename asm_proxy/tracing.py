@@ -312,7 +312,7 @@ def follows_unsampled_parents(sampler: Sampler) -> bool:
 
 def _hex(text: str, length: int) -> bool:
     """`length` lower-case hex digits, not all zero (W3C and B3 ids)."""
-    if len(text) != length or not text.islower() and not text.isdigit():
+    if len(text) != length or (not text.islower() and not text.isdigit()):
         return False
     try:
         return int(text, 16) != 0

@@ -155,6 +155,17 @@ class AuthPlugin(Plugin):
         else:
             verdict = "dry_run_deny" if self.config.dry_run else "deny"
         self.decisions.labels(verdict, str(decision.status), decision.reason).inc()
+        identity = decision.identity
+        self.log_decision(
+            http,
+            allowed=decision.status == 200,
+            reason=decision.reason,
+            status=decision.status,
+            dry_run=self.config.dry_run,
+            credential=identity.kind if identity is not None else None,
+            consumer=identity.consumer if identity is not None else None,
+            provider=identity.provider if identity is not None else None,
+        )
         if decision.status == 200:
             self._allow(http, decision)
             return None
