@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from asm_proxy import offload
 from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
-from asm_proxy.config import ConfigError, ServerSettings
+from asm_proxy.config import ConfigError, ServerSettings, decode_config
 from asm_proxy.loader import Loaded, load, load_text
 from asm_proxy.protos import auth_grpc, ext_proc_grpc
 from asm_proxy.reload import ConfigWatcher
@@ -216,7 +216,7 @@ class Server:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.watch and self.config_path is not None and self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
-                self.config_path, self.settings.reload_interval, self.reload
+                self.config_path, self.settings.reload_interval, self._reload_settled
             )
             self._watch_task = asyncio.get_running_loop().create_task(self._watcher.run())
         self._info(
@@ -226,6 +226,24 @@ class Server:
             ", ".join(e.name for e in self.chain.entries) or "none",
         )
 
+    async def _reload_settled(self, data: bytes) -> bool:
+        """The watcher's callback: `data` is the file's content once it stood still."""
+        assert self.config_path is not None
+        try:
+            text = decode_config(self.config_path, data)
+        except ConfigError as exc:
+            return self._refused(exc)
+        return await self.reload(text)
+
+    def _refused(self, exc: ConfigError) -> bool:
+        counters.config_reload_failures += 1
+        log.error(
+            "config %s refused; the running chain stays:\n%s",
+            self.config_path,
+            "\n".join(f"  {p}" for p in exc.problems),
+        )
+        return False
+
     async def reload(self, text: str | None = None) -> bool:
         """Load the config file again (or `text`, as if it were the file's content); on any
         problem keep the running chain."""
@@ -234,13 +252,7 @@ class Server:
         try:
             loaded = load(self.config_path) if text is None else load_text(self.config_path, text)
         except ConfigError as exc:
-            counters.config_reload_failures += 1
-            log.error(
-                "config %s refused; the running chain stays:\n%s",
-                self.config_path,
-                "\n".join(f"  {p}" for p in exc.problems),
-            )
-            return False
+            return self._refused(exc)
         try:
             await loaded.chain.start()
         except Exception as exc:

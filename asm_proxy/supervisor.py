@@ -37,9 +37,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from asm_proxy.config import ConfigError, ServerSettings, read_config_text
+from asm_proxy.config import ConfigError, ServerSettings, decode_config, read_config_bytes
 from asm_proxy.loader import load_text
 from asm_proxy.reload import ConfigWatcher
+from asm_proxy.stats import counters
 
 log = logging.getLogger("asm_proxy.supervisor")
 
@@ -216,9 +217,13 @@ class Supervisor:
 
     # -- starting ------------------------------------------------------------------
 
-    def _read(self) -> tuple[str, ServerSettings, list[str]]:
-        text = read_config_text(self.config_path)  # raises ConfigError
-        loaded = load_text(self.config_path, text)  # raises ConfigError
+    def _read(self, data: bytes | None = None) -> tuple[str, ServerSettings, list[str]]:
+        """Check the file (or `data`, its content as the watcher saw it settle) with the
+        same loader and messages as `validate`; raises ConfigError."""
+        if data is None:
+            data = read_config_bytes(self.config_path)
+        text = decode_config(self.config_path, data)
+        loaded = load_text(self.config_path, text)
         for warning in loaded.warnings:
             log.warning("%s", warning)
         return text, loaded.settings, [e.name for e in loaded.chain.entries]
@@ -249,7 +254,10 @@ class Supervisor:
             self._watch(handle)
         if self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
-                self.config_path, self.settings.reload_interval, self.reload
+                self.config_path,
+                self.settings.reload_interval,
+                self.reload,
+                initial=self._text.encode(),
             )
             self._spawn_task(self._watcher.run())
         log.info(
@@ -362,12 +370,14 @@ class Supervisor:
         else:
             self._spawn_task(self.reload())
 
-    async def reload(self) -> bool:
-        """Check the file once; if good, every worker swaps to it (or none does)."""
+    async def reload(self, data: bytes | None = None) -> bool:
+        """Check the file (or `data`, its settled content) once; if good, every worker swaps
+        to it (or none does)."""
         async with self._reload_lock:
             try:
-                text, settings, names = self._read()
+                text, settings, names = self._read(data)
             except ConfigError as exc:
+                counters.config_reload_failures += 1
                 log.error(
                     "config %s refused; the running chain stays:\n%s",
                     self.config_path,
@@ -392,10 +402,12 @@ class Supervisor:
                     *(w.request({"op": "reload", "config": self._text}) for w in swapped),
                     return_exceptions=True,
                 )
+                counters.config_reload_failures += 1
                 return False
             if settings.listen != self.settings.listen or settings.workers != self.settings.workers:
                 log.warning("listen and workers changes take effect on restart")
             self._text, self.settings = text, settings
+            counters.config_reloads += 1
             log.info(
                 "config %s reloaded in %d worker(s): %s",
                 self.config_path,
@@ -417,6 +429,11 @@ class Supervisor:
             *(w.request({"op": "stats"}, wait=10) for w in workers), return_exceptions=True
         )
         return [r for r in replies if isinstance(r, dict)]
+
+    def own_stats(self) -> dict[str, Any]:
+        """The supervisor's own {pid, counters}: reloads, restarts, recycles, the config
+        file's state."""
+        return {"pid": os.getpid(), "counters": counters.snapshot()}
 
     @property
     def pids(self) -> list[int]:
