@@ -52,7 +52,20 @@ STABLE_AFTER = 10.0
 RESTART_BACKOFF = 0.25
 RESTART_BACKOFF_MAX = 5.0
 
-_WORKER_BOOT = "from asm_proxy.worker import main; main()"
+#: A worker's first lines, before any import of weight: Linux is asked to send SIGUSR2
+#: (worker.SUPERVISOR_GONE; its default action ends the process) when the supervisor dies
+#: (prctl PR_SET_PDEATHSIG = 1); a supervisor that died before that is seen by the parent pid
+#: no longer being its own. Then the worker proper.
+_WORKER_BOOT = """\
+import os, signal, sys
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None).prctl(1, int(signal.SIGUSR2), 0, 0, 0)
+    if os.getppid() != int(sys.argv[sys.argv.index("--supervisor-pid") + 1]):
+        os._exit(3)
+from asm_proxy.worker import main
+main()
+"""
 
 
 class WorkerStartError(RuntimeError):
@@ -275,7 +288,16 @@ class Supervisor:
         env = dict(os.environ)
         # The worker imports plugins exactly as this process would.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        argv = ["--index", str(index), "--control-fd", str(theirs.fileno()), "--listen", address]
+        argv = [
+            "--supervisor-pid",
+            str(os.getpid()),
+            "--index",
+            str(index),
+            "--control-fd",
+            str(theirs.fileno()),
+            "--listen",
+            address,
+        ]
         if not address.startswith("unix:"):
             argv.append("--reuse-port")
         try:
