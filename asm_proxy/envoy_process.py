@@ -47,6 +47,23 @@ def find_envoy() -> str:
     )
 
 
+def check_config(config: dict[str, Any], workdir: str | Path, name: str = "check") -> None:
+    """Load `config` in the real Envoy without serving it (`--mode validate`: every field,
+    every extension and every reference is checked as at start); EnvoyError with Envoy's
+    own words if it refuses."""
+    path = Path(workdir) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    done = subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(path), "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise EnvoyError(f"Envoy refuses {path}:\n{done.stdout}{done.stderr}")
+
+
 class EnvoyProcess:
     def __init__(
         self,

@@ -4,6 +4,7 @@ tests.reliability` runs long: what was done, what it cost, measured from outside
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -97,3 +98,116 @@ def supervisor_killed_during_restart(
         result.load = load.stop().summary()
         front.close()
     return result
+
+
+# -- a worker killed under load ----------------------------------------------------------
+
+
+@dataclass
+class KillResult:
+    transport: str
+    failed_per_kill: list[int]
+    restart_ms: list[int]  # worker death -> replacement serving, from the supervisor's log
+    load: str = ""
+    failures: list[str] = field(default_factory=list)  # what the failed requests got
+
+    @property
+    def max_failed(self) -> int:
+        return max(self.failed_per_kill, default=0)
+
+
+def worker_kills(
+    workdir: Path,
+    *,
+    transport: str,
+    kills: int,
+    rate: float = 200,
+    connections: int = 8,
+    every: float = 3.0,
+    **setup: object,
+) -> KillResult:
+    """Two workers behind Envoy at `rate` requests/s; SIGKILL one worker (alternating) every
+    `every` seconds and count the requests that failed around each kill. `setup` goes to
+    Envoy's bootstrap (to measure without health checks, retries, ...)."""
+    listen = f"unix:{workdir}/kill.sock" if transport == "unix" else "127.0.0.1:0"
+    serve = Serve(workdir, PASS_THROUGH, listen=listen, workers=2)
+    front = Front(workdir, serve.addresses, **setup)
+    result = KillResult(transport, [], [])
+    load = Load(front.url, rate=rate, connections=connections, seconds=kills * every + 30).start()
+    marks: list[float] = []
+    try:
+        load.wait_for(int(rate))  # a second of load before the first fault
+        for n in range(kills):
+            # Unix: worker i listens on PATH.i; TCP: all share the address.
+            victims = procs.workers(serve.addresses[n % len(serve.addresses)])
+            victim = victims[n % len(victims)]
+            marks.append(time.monotonic())
+            os.kill(victim, signal.SIGKILL)
+            serve.wait_log("restarted as pid", count=n + 1)
+            time.sleep(every)
+    finally:
+        outcome = load.stop()
+        result.load = outcome.summary()
+        front.close()
+        serve.close()
+    for mark in marks:
+        failed = [
+            o
+            for o in outcome.between(mark - 1.0, mark + every - 0.5)
+            if o.status not in outcome.ok_statuses
+        ]
+        result.failed_per_kill.append(len(failed))
+        result.failures += sorted({f"{o.status} {o.error}".strip() for o in failed})
+    result.restart_ms = [
+        int(m) for m in re.findall(r"serving (\d+)ms after the old one died", serve.log)
+    ]
+    return result
+
+
+# -- one of two instances drained under load -------------------------------------------
+
+
+@dataclass
+class DrainResult:
+    transport: str
+    after_sigterm: int  # requests started from the SIGTERM until the instance had exited
+    failed: int
+    drain_seconds: float  # SIGTERM -> the drained instance's supervisor exited
+    load: str = ""
+
+
+def drain_one_of_two(
+    workdir: Path,
+    *,
+    transport: str,
+    rate: float = 200,
+    connections: int = 8,
+    workers: int = 2,
+    after: float = 2.0,
+    **setup: object,
+) -> DrainResult:
+    """Two `asm-proxy serve` instances behind one Envoy; SIGTERM one under load (default
+    drainDelay 1 s) and count the requests that failed until it has exited and `after`
+    seconds more (without health checks Envoy keeps sending to the endpoints that are gone)."""
+    instances = []
+    for name in ("a", "b"):
+        listen = f"unix:{workdir}/{name}.sock" if transport == "unix" else "127.0.0.1:0"
+        instances.append(Serve(workdir / name, PASS_THROUGH, listen=listen, workers=workers))
+    a, b = instances
+    front = Front(workdir, a.addresses + b.addresses, **setup)
+    load = Load(front.url, rate=rate, connections=connections, seconds=60).start()
+    try:
+        load.wait_for(int(rate))
+        start = time.monotonic()
+        a.signal(signal.SIGTERM)
+        a.proc.wait(40)
+        end = time.monotonic()
+        time.sleep(after)
+    finally:
+        outcome = load.stop()
+        front.close()
+        for serve in instances:
+            serve.close()
+    window = outcome.between(start, end + after)
+    failed = [o for o in window if o.status not in outcome.ok_statuses]
+    return DrainResult(transport, len(window), len(failed), end - start, outcome.summary())

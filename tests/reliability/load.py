@@ -121,6 +121,11 @@ class Load:
                 raise AssertionError(f"load: {self.done} of {count} requests after {timeout}s")
             time.sleep(0.01)
 
+    def finish(self) -> LoadResult:
+        """Let the load run out its `seconds` (or `limit`), then the result."""
+        self._thread.join(self.seconds + REQUEST_TIMEOUT + 10)
+        return self.stop()
+
     def stop(self) -> LoadResult:
         self._stop.set()
         self._thread.join(self.seconds + REQUEST_TIMEOUT + 10)
