@@ -30,7 +30,8 @@ plugins:
 
 @dataclass
 class OrphanRun:
-    delay: float  # supervisor SIGKILLed this long after the worker was
+    delay: float  # supervisor SIGKILLed this long after the worker was (or after...)
+    after: str  # ..."worker killed", or "replacement serving"
     restarted: bool  # the replacement was already serving when the supervisor died
     workers_seen: int  # worker processes alive after the supervisor's death
     stopped_after: float | None  # seconds until none was left (None: still there at the limit)
@@ -49,22 +50,31 @@ class OrphanResult:
 
 
 def supervisor_killed_during_restart(
-    workdir: Path, delays: list[float], *, limit: float = 5.0
+    workdir: Path,
+    delays: list[float],
+    *,
+    serving: tuple[float, ...] | list[float] = (),
+    limit: float = 5.0,
 ) -> OrphanResult:
     """For each delay: serve with one worker behind Envoy under load, SIGKILL the worker
     (the supervisor starts a new one), SIGKILL the supervisor `delay` seconds later, then
-    time how long any worker process of it stays alive."""
+    time how long any worker process of it stays alive. `serving`: delays counted from
+    the moment the supervisor says the replacement serves (whatever the machine's speed)."""
     path = workdir / "orphan.sock"
     listen = f"unix:{path}"
     result = OrphanResult()
     front = Front(workdir, [listen])
     load = Load(front.url, rate=100, connections=4, seconds=len(delays) * 10 + 30).start()
     try:
-        for i, delay in enumerate(delays):
+        points = [(d, "worker killed") for d in delays]
+        points += [(d, "replacement serving") for d in serving]
+        for i, (delay, after) in enumerate(points):
             serve = Serve(workdir / f"run-{i}", PASS_THROUGH, listen=listen, workers=1)
             try:
                 (worker,) = serve.first_pids
                 os.kill(worker, signal.SIGKILL)
+                if after == "replacement serving":
+                    serve.wait_log("restarted as pid")
                 time.sleep(delay)
                 restarted = "restarted as pid" in serve.log
                 serve.proc.kill()
@@ -84,6 +94,7 @@ def supervisor_killed_during_restart(
                 result.runs.append(
                     OrphanRun(
                         delay,
+                        after,
                         restarted,
                         len(seen),
                         stopped,
