@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from asm_proxy import codec
+from asm_proxy import codec, faults
 from asm_proxy.chain import run_hooks
 from asm_proxy.exchange import Http
 from asm_proxy.headers import HeaderAction, HeaderOp, Headers
@@ -197,8 +197,8 @@ class AuthorizationServicer(auth_grpc.AuthorizationServicer):  # type: ignore[mi
                 counters.authz_denied += 1
                 return denied(outcome, metadata)
             return allowed(http, metadata)
-        except Exception:
-            log.exception("ext_authz Check failed inside asm-proxy")
+        except Exception as exc:
+            faults.internal_fault("ext_authz Check", exc)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "asm-proxy internal error during Check; see its log"
             )

@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from asm_proxy import offload
+from asm_proxy import faults, offload
 from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings, decode_config
 from asm_proxy.loader import Loaded, load, load_text
-from asm_proxy.protos import auth_grpc, ext_proc_grpc
+from asm_proxy.protos import auth, ext_proc_grpc
 from asm_proxy.reload import ConfigWatcher
 from asm_proxy.stats import counters
 from asm_proxy.stream import ProtocolError, Stream
@@ -75,6 +76,10 @@ def _quiet_grpc_resets() -> None:
         grpc_log.addFilter(_ResetAfterLastAnswer())
 
 
+class _Undecodable(Exception):
+    """The client sent bytes that are not a ProcessingRequest."""
+
+
 class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, state: ServerState) -> None:
         self._state = state
@@ -88,7 +93,10 @@ class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # typ
             stream = Stream(chain, state.settings)
             read, write, eof = context.read, context.write, grpc.aio.EOF
             while True:
-                msg = await read()
+                try:
+                    msg = await read()
+                except DecodeError as exc:  # grpc decodes as the message is read
+                    raise _Undecodable(f"not a ProcessingRequest: {exc}") from None
                 if msg is eof:
                     return
                 reply = await stream.handle(msg)
@@ -103,20 +111,55 @@ class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # typ
                     counters.streams_closed_early += 1
                     return  # nothing more is needed: end the stream (status OK)
         except ProtocolError as exc:
-            counters.streams_aborted += 1
-            log.info("ext_proc stream ended: %s", exc.message)
-            await context.abort(exc.code, exc.message)
+            await _client_fault(context, "ext_proc stream", exc.code, exc.message)
+        except _Undecodable as exc:
+            await _client_fault(
+                context, "ext_proc stream", grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            )
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except Exception:
+        except Exception as exc:
             counters.streams_aborted += 1
-            log.exception("ext_proc stream failed inside asm-proxy")
+            faults.internal_fault("ext_proc stream", exc)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "asm-proxy internal error on this stream; see its log"
             )
         finally:
             counters.streams_finished += 1
             chain.release()
+
+
+async def _client_fault(
+    context: grpc.aio.ServicerContext, where: str, code: grpc.StatusCode, reason: str
+) -> None:
+    """End the call with `code` and `reason`: the client's fault, a throttled WARNING."""
+    counters.streams_aborted += 1
+    counters.client_faults += 1
+    faults.client_fault(where, reason, context.peer())
+    await context.abort(code, reason)
+
+
+def authorization_handler(servicer: AuthorizationServicer) -> grpc.GenericRpcHandler:
+    """The Authorization service with the request decoded here rather than by grpc: grpc
+    answers an undecodable request with UNKNOWN and an ERROR with a traceback in the log for
+    each; it is the client's fault (INVALID_ARGUMENT, a throttled WARNING)."""
+
+    async def check(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = auth.CheckRequest.FromString(raw)
+        except DecodeError as exc:
+            await _client_fault(
+                context,
+                "ext_authz Check",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"not a CheckRequest: {exc}",
+            )
+        return await servicer.Check(request, context)
+
+    method = grpc.unary_unary_rpc_method_handler(
+        check, request_deserializer=None, response_serializer=auth.CheckResponse.SerializeToString
+    )
+    return grpc.method_handlers_generic_handler(AUTHZ_SERVICE, {"Check": method})
 
 
 def grpc_options(settings: ServerSettings, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
@@ -196,7 +239,7 @@ class Server:
         ext_proc_grpc.add_ExternalProcessorServicer_to_server(
             ExternalProcessorServicer(self.state), server
         )
-        auth_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(self.state), server)
+        server.add_generic_rpc_handlers((authorization_handler(AuthorizationServicer(self.state)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if address.startswith("unix:"):
             _prepare_unix_socket(address)

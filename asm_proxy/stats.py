@@ -17,7 +17,7 @@ class Counters:
     streams_started: int = 0
     streams_finished: int = 0
     streams_aborted: int = 0  # ended with an error status (any cause)
-    streams_client_faults: int = 0  # of those: an undecodable message or protocol misuse
+    client_faults: int = 0  # streams and Checks refused: undecodable, or protocol misuse
     streams_closed_early: int = 0  # ended by asm-proxy once the chain needed nothing more
     streams_reset_before_status: int = 0  # Envoy reset one before its final status went out
     messages: int = 0

@@ -265,3 +265,11 @@ class SlowTag(Plugin):
 
     async def close(self) -> None:
         SlowTag.closed.append(self.config.value)
+
+
+class BadMetadata(Plugin):
+    """Sets metadata Envoy's Struct cannot hold: the failure is asm-proxy's, after the hook
+    (its own fault, reported as such), not the plugin's."""
+
+    def on_request_headers(self, http: Http) -> None:
+        http.set_metadata("bad", object())
