@@ -34,6 +34,7 @@ from pydantic.alias_generators import to_camel
 
 from asm_proxy.durations import Duration
 from asm_proxy.plugin import FailStrategy, Phase
+from asm_proxy.sizes import Size
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
@@ -226,6 +227,11 @@ class PluginEntry(Model):
         return value
 
 
+#: Lower bounds of the recycling limits (below them a worker would be replaced constantly).
+MIN_STREAMS_PER_WORKER = 1000
+MIN_WORKER_RSS = 128 * 2**20
+
+
 class ServerSettings(Model):
     """Settings of the server itself (everything in the file but `plugins`)."""
 
@@ -252,6 +258,12 @@ class ServerSettings(Model):
     #: from which `offload()` sends work there (measured, see docs/PERFORMANCE.md).
     offload_processes: int = 1
     offload_threshold: int = 16 * 1024
+    #: Replace a worker after it has served this many streams (0: never), or once its
+    #: resident memory is above `max_worker_rss` ("512Mi", "1Gi"; 0: never). The new worker
+    #: serves before the old one stops taking streams; the old one then finishes its
+    #: streams in flight (up to drainTimeout) and exits.
+    max_streams_per_worker: int = 0
+    max_worker_rss: Size = 0
 
     @field_validator("listen")
     @classmethod
@@ -281,6 +293,26 @@ class ServerSettings(Model):
     def _not_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError("must not be negative")
+        return value
+
+    @field_validator("max_streams_per_worker")
+    @classmethod
+    def _streams_per_worker(cls, value: int) -> int:
+        if value != 0 and value < MIN_STREAMS_PER_WORKER:
+            raise ValueError(
+                f"0 (never) or at least {MIN_STREAMS_PER_WORKER}: a worker takes about a "
+                "second to start, recycling it more often wastes the machine"
+            )
+        return value
+
+    @field_validator("max_worker_rss")
+    @classmethod
+    def _worker_rss(cls, value: int) -> int:
+        if value != 0 and value < MIN_WORKER_RSS:
+            raise ValueError(
+                f"0 (never) or at least {MIN_WORKER_RSS // 2**20}Mi: a worker holds about "
+                "60Mi before it serves anything, so a lower limit would recycle it for ever"
+            )
         return value
 
     @field_validator("log_level")

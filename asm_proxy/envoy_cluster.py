@@ -8,10 +8,13 @@ every Envoy config the project writes gets what asm-proxy's reliability depends 
 - **Outlier detection on local-origin errors**: an endpoint that refuses a connection (a dead
   worker's Unix socket until its replacement binds it) is ejected at the first refusal, and
   let back when a health check passes.
-- **A retry policy on the filters' `grpc_service`**: a stream that never reached asm-proxy
-  (connection refused; refused by a GOAWAY) is tried again on another endpoint. Not a stream
-  reset after asm-proxy took it: a request that crashes its worker would crash the next
-  one too, so a crash costs the streams in flight on that worker and no more.
+- **A retry policy on the filters' `grpc_service`**: a stream that never reached asm-proxy's
+  code is tried again on another endpoint: connection refused, refused by a GOAWAY, or
+  cancelled by a worker that is stopping before its handler took it (grpc cancels the calls
+  it has received but not yet handed over when a server stops: what a recycled worker
+  would otherwise cost at the moment it stops). Not a stream reset after asm-proxy took it:
+  a request that crashes its worker would crash the next one too, so a crash costs the
+  streams in flight on that worker and no more.
 - **`max_requests_per_connection`** (TCP): the kernel spreads connections, not streams, over
   the workers sharing the port; Envoy keeps one connection while it suffices, so without
   this every stream of a moderately loaded Envoy lands on one worker. Connections that end
@@ -129,7 +132,7 @@ def grpc_service(
         service["timeout"] = timeout
     if retries:
         service["retry_policy"] = {
-            "retry_on": "connect-failure,refused-stream",
+            "retry_on": "connect-failure,refused-stream,cancelled",
             "num_retries": 2,
             "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
             "retry_host_predicate": [

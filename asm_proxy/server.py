@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from asm_proxy import faults, offload
+from asm_proxy import faults, offload, unix_sockets
 from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings, decode_config
@@ -175,29 +173,6 @@ def grpc_options(settings: ServerSettings, *, reuse_port: bool = False) -> list[
     ]
 
 
-def _prepare_unix_socket(address: str) -> None:
-    path = Path(address[len("unix:") :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            if unix_socket_in_use(path):
-                raise OSError(f"cannot listen on {address}: another server is serving on it")
-            path.unlink()  # left by a previous run; binding would fail
-
-
-def unix_socket_in_use(path: Path) -> bool:
-    """Whether something accepts connections on the Unix socket at `path`."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
 class Server:
     """asm-proxy's gRPC server; `await start()`, then `await stop()`."""
 
@@ -219,6 +194,7 @@ class Server:
         self._server: grpc.aio.Server | None = None
         self._watcher: ConfigWatcher | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._socket: tuple[Path, int] | None = None  # a Unix socket's path and inode
         self.address = ""
         self.port = 0
 
@@ -230,7 +206,10 @@ class Server:
     def chain(self) -> Chain:
         return self.state.chain
 
-    async def start(self, listen: str | None = None) -> None:
+    async def start(self, listen: str | None = None, *, take_over: bool = False) -> None:
+        """Serve on `listen` (default: the config's). A Unix socket path something still
+        serves on is refused, unless `take_over` (a worker replacing another): then this
+        server's socket replaces it at the path once it serves."""
         address = listen or self.settings.listen
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
         _quiet_grpc_resets()
@@ -241,15 +220,23 @@ class Server:
         )
         server.add_generic_rpc_handlers((authorization_handler(AuthorizationServicer(self.state)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        bind = address
+        path = private = None
         if address.startswith("unix:"):
-            _prepare_unix_socket(address)
+            path = unix_sockets.check(address)
+            if not take_over and path.exists() and unix_sockets.in_use(path):
+                raise OSError(f"cannot listen on {address}: another server is serving on it")
+            private = unix_sockets.private_name(path)
+            bind = f"unix:{private}"
         try:
-            port = server.add_insecure_port(address)
+            port = server.add_insecure_port(bind)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         if not address.startswith("unix:") and port == 0:
             raise OSError(f"cannot listen on {address} (in use?)")
         await server.start()
+        if path is not None and private is not None:
+            self._socket = (path, unix_sockets.take_over(private, path))
         self._server = server
         self.port = port
         self.address = (
@@ -333,19 +320,23 @@ class Server:
             await asyncio.sleep(delay)
         await self.stop(grace)
 
-    async def stop(self, grace: float | None = 5.0) -> None:
+    async def stop(self, grace: float | None = 5.0, *, not_serving: bool = True) -> None:
+        """Stop taking streams (GOAWAY), give those in flight `grace` seconds, stop.
+        `not_serving=False` (a recycled worker whose replacement already serves on the same
+        address) leaves health alone: on a shared TCP port Envoy's health check may be
+        talking to this worker for the whole address."""
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        await self.health.enter_graceful_shutdown()
+        if not_serving:
+            await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
         await self.state.chain.close()
         await offload.close_pool()
-        if self.address.startswith("unix:"):
-            with contextlib.suppress(OSError):
-                os.unlink(self.address[len("unix:") :])
+        if self._socket is not None:
+            unix_sockets.release(*self._socket)  # unless a successor has taken the path
 
     async def wait(self) -> None:
         if self._server is not None:

@@ -11,6 +11,10 @@ processes. The supervisor serves no traffic itself. It
   socket becomes one socket per worker, `PATH.0`, `PATH.1`, ..., which Envoy's cluster lists
   as endpoints (with one worker the path is used as given);
 - restarts a worker that dies, at once (with a backoff only when it keeps dying);
+- recycles a worker past `maxStreamsPerWorker` streams or `maxWorkerRss` bytes: its
+  replacement starts and serves on the same address first (a Unix socket path is taken
+  over by an atomic rename, see unix_sockets), then the old one stops taking streams,
+  finishes those in flight and exits;
 - fans config reloads out: it watches the file, checks a new one once, and hands every
   worker the same text; each swaps atomically, and if any refuses, those that had already
   swapped are put back, so all keep running the same config;
@@ -37,6 +41,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from asm_proxy import unix_sockets
 from asm_proxy.config import ConfigError, ServerSettings, decode_config, read_config_bytes
 from asm_proxy.loader import load_text
 from asm_proxy.reload import ConfigWatcher
@@ -51,6 +56,8 @@ START_TIMEOUT = 60.0
 STABLE_AFTER = 10.0
 RESTART_BACKOFF = 0.25
 RESTART_BACKOFF_MAX = 5.0
+#: How often the workers' stream counts and RSS are compared with the recycling limits.
+RECYCLE_CHECK = 2.0
 
 #: A worker's first lines, before any import of weight: Linux is asked to send SIGUSR2
 #: (worker.SUPERVISOR_GONE; its default action ends the process) when the supervisor dies
@@ -147,6 +154,8 @@ class WorkerHandle:
         self.reader = reader
         self.writer = writer
         self.started_at = 0.0
+        #: Replaced on purpose (recycled): its exit is no crash to restart from.
+        self.retired = False
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader_task: asyncio.Task[None] | None = None
@@ -227,6 +236,7 @@ class Supervisor:
         self._watcher: ConfigWatcher | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
+        self._retiring: set[WorkerHandle] = set()  # recycled workers still finishing streams
 
     # -- starting ------------------------------------------------------------------
 
@@ -250,6 +260,11 @@ class Supervisor:
         if not listen.startswith("unix:"):
             self._holder, listen = reserve_tcp_port(listen)
         self.addresses = worker_addresses(listen, count)
+        for address in self.addresses:
+            if address.startswith("unix:"):  # once here, not N times by the workers
+                path = unix_sockets.check(address)
+                if path.exists() and unix_sockets.in_use(path):
+                    raise OSError(f"cannot listen on {address}: another server is serving on it")
         results = await asyncio.gather(
             *(self._spawn(i) for i in range(count)), return_exceptions=True
         )
@@ -265,6 +280,7 @@ class Supervisor:
             raise failure
         for handle in self.workers:
             self._watch(handle)
+        self._spawn_task(self._recycle_when_due())
         if self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
                 self.config_path,
@@ -282,7 +298,9 @@ class Supervisor:
             ", ".join(names) or "none",
         )
 
-    async def _spawn(self, index: int) -> WorkerHandle:
+    async def _spawn(self, index: int, *, take_over: bool = False) -> WorkerHandle:
+        """Start worker `index` and wait until it serves. `take_over`: its Unix socket path
+        may be held by a live worker (one being recycled): replace it there."""
         address = self.addresses[index]
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
@@ -317,12 +335,25 @@ class Supervisor:
             theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         handle = WorkerHandle(index, address, proc, reader, writer)
-        _send(writer, {"op": "start", "path": str(self.config_path), "config": self._text})
+        _send(
+            writer,
+            {
+                "op": "start",
+                "path": str(self.config_path),
+                "config": self._text,
+                "take_over": take_over,
+            },
+        )
         try:
             line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
             message = json.loads(line) if line else {}
         except (TimeoutError, ValueError, ConnectionError):
             message = {}
+        except BaseException:  # cancelled (shutdown): no half-started worker left behind
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            handle.close()
+            raise
         if message.get("op") != "ready":
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -348,9 +379,14 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         code = await handle.proc.wait()
         handle.close()
-        if self._stopping:
+        self._retiring.discard(handle)
+        if self._stopping or handle.retired:
             return
-        died_at = loop.time()
+        await self._restart(handle, code, loop.time())
+
+    async def _restart(self, handle: WorkerHandle, code: int | None, died_at: float) -> None:
+        """Start a worker in the place of `handle`, which exited with `code`."""
+        loop = asyncio.get_running_loop()
         lived = died_at - handle.started_at
         backoff = 0.0 if lived >= STABLE_AFTER else RESTART_BACKOFF
         log.warning(
@@ -364,7 +400,9 @@ class Supervisor:
             if backoff:
                 await asyncio.sleep(backoff)
             try:
-                new = await self._spawn(handle.index)
+                # Take over: the dead worker's socket file is still there (and a worker
+                # that was being recycled when this one died may still serve on it).
+                new = await self._spawn(handle.index, take_over=True)
             except WorkerStartError as exc:
                 log.error("%s; trying again", exc)
                 backoff = min(max(backoff * 2, RESTART_BACKOFF), RESTART_BACKOFF_MAX)
@@ -374,6 +412,7 @@ class Supervisor:
                 return
             self.workers[handle.index] = new
             self.restarts += 1
+            counters.worker_restarts += 1
             log.info(
                 "worker %d restarted as pid %d, serving %.0fms after the old one died",
                 new.index,
@@ -382,6 +421,51 @@ class Supervisor:
             )
             self._watch(new)
             return
+
+    # -- recycling -----------------------------------------------------------------
+
+    async def _recycle_when_due(self) -> None:
+        """Every RECYCLE_CHECK seconds, recycle the workers past a limit, one at a time."""
+        while not self._stopping:
+            await asyncio.sleep(RECYCLE_CHECK)
+            streams, rss = self.settings.max_streams_per_worker, self.settings.max_worker_rss
+            if not streams and not rss:
+                continue
+            for stats in await self.stats():
+                reason = _due(stats, streams, rss)
+                handle = self.workers[stats["index"]]
+                if reason and handle.pid == stats["pid"] and not self._stopping:
+                    await self.recycle(handle, reason)
+
+    async def recycle(self, old: WorkerHandle, reason: str) -> bool:
+        """Start `old`'s replacement; once it serves, `old` stops taking streams and
+        finishes those in flight (up to drainTimeout). False if the replacement failed to
+        start (`old` keeps serving; a later check tries again)."""
+        log.info("worker %d (pid %d) %s; starting its replacement", old.index, old.pid, reason)
+        old.retired = True  # from now on its exit is expected, not a crash
+        try:
+            new = await self._spawn(old.index, take_over=True)
+        except WorkerStartError as exc:
+            log.error("%s; worker %d keeps serving", exc, old.index)
+            old.retired = False
+            if not old.alive:  # it died meanwhile, unwatched: restart it as a crash
+                self._spawn_task(self._restart(old, old.proc.returncode, 0.0))
+            return False
+        if self._stopping:
+            new.tell({"op": "stop"})
+            return False
+        self.workers[old.index] = new
+        self._watch(new)
+        self._retiring.add(old)
+        counters.worker_recycles += 1
+        old.tell({"op": "retire", "grace": self.settings.drain_timeout})
+        log.info(
+            "worker %d recycled: pid %d serves, pid %d finishes its streams in flight",
+            old.index,
+            new.pid,
+            old.pid,
+        )
+        return True
 
     # -- reloading -----------------------------------------------------------------
 
@@ -484,7 +568,7 @@ class Supervisor:
         """Stop now: streams in flight are cut; stragglers are killed after 2 seconds."""
         self._stopping = True
         self._stop_tasks()
-        for handle in self.workers:
+        for handle in (*self.workers, *self._retiring):
             handle.tell({"op": "stop"})
         await self._wait_all(2.0)
         self._release()
@@ -494,7 +578,7 @@ class Supervisor:
             task.cancel()
 
     async def _wait_all(self, limit: float) -> None:
-        procs = [w.proc for w in self.workers]
+        procs = [w.proc for w in (*self.workers, *self._retiring)]
         if not procs:
             return
         _, pending = await asyncio.wait(
@@ -503,21 +587,33 @@ class Supervisor:
         if pending:
             log.warning("%d worker(s) did not stop in time; killing them", len(pending))
             await self._kill_all()
-        for handle in self.workers:
+        for handle in (*self.workers, *self._retiring):
             handle.close()
 
     async def _kill_all(self) -> None:
-        for handle in self.workers:
+        everyone = (*self.workers, *self._retiring)
+        for handle in everyone:
             if handle.alive:
                 with contextlib.suppress(ProcessLookupError):
                     handle.proc.kill()
-        for handle in self.workers:
+        for handle in everyone:
             await handle.proc.wait()
 
     def _release(self) -> None:
         if self._holder is not None:
             self._holder.close()
             self._holder = None
+
+
+def _due(stats: dict[str, Any], max_streams: int, max_rss: int) -> str | None:
+    """Why a worker with these stats is due for recycling, or None."""
+    started = int(stats.get("counters", {}).get("streams_started", 0))
+    rss = int(stats.get("rss", 0))
+    if max_streams and started >= max_streams:
+        return f"served {started} streams (maxStreamsPerWorker {max_streams})"
+    if max_rss and rss >= max_rss:
+        return f"holds {rss / 2**20:.0f} MiB (maxWorkerRss {max_rss / 2**20:.0f} MiB)"
+    return None
 
 
 def _ok(reply: object) -> bool:

@@ -1,14 +1,17 @@
 """One worker process: a `Server` driven by the supervisor over a socketpair.
 
-Started by the supervisor as `python -c "from asm_proxy.worker import main; main()"
---index I --control-fd FD --listen ADDRESS [--reuse-port]`. The first message brings the
-config text (the supervisor's last good one, so a restart never reads a file that has gone
-bad since); then, one JSON object a line:
+Started by the supervisor (supervisor._WORKER_BOOT) with `--supervisor-pid P --index I
+--control-fd FD --listen ADDRESS [--reuse-port]`. The first message brings the config text
+(the supervisor's last good one, so a restart never reads a file that has gone bad since)
+and whether to take a Unix socket path over from a worker still serving on it (a restart or
+a recycle); then, one JSON object a line:
 
     {"op": "reload", "config": TEXT, "id": n} -> {"id": n, "ok": bool}
     {"op": "stats", "id": n}                  -> {"id": n, "index", "pid", "address",
-                                                  "in_flight", "counters"}
+                                                  "in_flight", "rss", "counters"}
     {"op": "drain", "delay": s, "grace": s}      NOT_SERVING, then stop (see Server.drain)
+    {"op": "retire", "grace": s}                 a replacement serves: stop taking streams,
+                                                 finish those in flight, exit
     {"op": "stop"}                               stop now
 
 A worker never outlives its supervisor: nothing would restart, reload or stop it, and it
@@ -88,7 +91,7 @@ class Worker:
                 watch=False,
                 quiet=True,
             )
-            await server.start(self.listen)
+            await server.start(self.listen, take_over=bool(start.get("take_over")))
         except ConfigError as exc:
             self._send({"op": "failed", "error": "; ".join(str(p) for p in exc.problems)})
             return 1
@@ -180,11 +183,14 @@ class Worker:
                         "pid": os.getpid(),
                         "address": server.address,
                         "in_flight": server.chain.in_flight,
+                        "rss": resident_bytes(),
                         "counters": counters.snapshot(),
                     }
                 )
             elif op == "drain":
                 self.drain(float(message["delay"]), float(message["grace"]))
+            elif op == "retire":
+                self.retire(float(message["grace"]))
             elif op == "stop":
                 log.warning(
                     "worker %d: stopping now; %d stream(s) cut", self.index, server.chain.in_flight
@@ -198,6 +204,31 @@ class Worker:
     def drain(self, delay: float, grace: float) -> None:
         if self._drain is None and self.server is not None:
             self._drain = asyncio.get_running_loop().create_task(self.server.drain(delay, grace))
+
+    def retire(self, grace: float) -> None:
+        """Recycled: the replacement already serves on this address. No NOT_SERVING (on a
+        shared TCP port the health check may be talking to this worker for all of them):
+        stop taking streams now, let those in flight finish, exit."""
+        server = self.server
+        if self._drain is None and server is not None:
+            log.info(
+                "worker %d: retiring; %d stream(s) in flight get up to %.0fs",
+                self.index,
+                server.chain.in_flight,
+                grace,
+            )
+            self._drain = asyncio.get_running_loop().create_task(
+                server.stop(grace, not_serving=False)
+            )
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (what maxWorkerRss is compared with)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asm_proxy.server import unix_socket_in_use
+from asm_proxy.unix_sockets import in_use
 from tests.reliability import procs
 from tests.reliability.load import Load
 from tests.reliability.stack import Front, Serve
@@ -77,9 +77,9 @@ def supervisor_killed_during_restart(
                     serve.wait_log("restarted as pid")
                 time.sleep(delay)
                 restarted = "restarted as pid" in serve.log
+                seen = set(procs.workers(listen))  # a worker may be gone before a first look
                 serve.proc.kill()
                 died = time.monotonic()
-                seen: set[int] = set()
                 last = died
                 while time.monotonic() - died < limit:
                     alive = procs.workers(listen)
@@ -98,7 +98,7 @@ def supervisor_killed_during_restart(
                         restarted,
                         len(seen),
                         stopped,
-                        path.exists() and unix_socket_in_use(path),
+                        path.exists() and in_use(path),
                     )
                 )
             finally:
@@ -222,3 +222,128 @@ def drain_one_of_two(
     window = outcome.between(start, end + after)
     failed = [o for o in window if o.status not in outcome.ok_statuses]
     return DrainResult(transport, len(window), len(failed), end - start, outcome.summary())
+
+
+# -- workers recycled under load -------------------------------------------------------
+
+
+@dataclass
+class RecycleResult:
+    transport: str
+    trigger: str
+    recycles: int
+    requests: int
+    failed: int
+    load: str = ""
+
+
+def recycling_under_load(
+    workdir: Path,
+    *,
+    transport: str,
+    seconds: float,
+    rate: float = 300,
+    trigger: str = "maxStreamsPerWorker: 1000",
+    plugins: str = "",
+    **setup: object,
+) -> RecycleResult:
+    """Two workers behind Envoy at `rate` requests/s with a recycling limit (`trigger`, a
+    config line) low enough to be reached every few seconds; count the recycles (the
+    supervisor's log) and the failed requests."""
+    listen = f"unix:{workdir}/recycle.sock" if transport == "unix" else "127.0.0.1:0"
+    config = PASS_THROUGH.replace("reloadInterval: 0s\n", f"reloadInterval: 0s\n{trigger}\n")
+    serve = Serve(workdir, config + plugins, listen=listen, workers=2)
+    try:
+        front = Front(workdir, serve.addresses, **setup)
+        try:
+            outcome = Load(front.url, rate=rate, connections=8, seconds=seconds).start().finish()
+        finally:
+            front.close()
+        recycles = serve.count("recycled: pid")
+    finally:
+        serve.close()
+    return RecycleResult(
+        transport, trigger, recycles, outcome.total, len(outcome.failed), outcome.summary()
+    )
+
+
+# -- bad clients ---------------------------------------------------------------------------
+
+
+@dataclass
+class BadClientsResult:
+    sent: dict[str, int]
+    statuses: dict[str, int]  # gRPC status name -> count
+    seconds: float
+    log_lines: dict[str, int]  # what the asm-proxy log says about them
+
+
+def bad_clients(workdir: Path, *, count: int, threads: int = 4) -> BadClientsResult:
+    """`count` each of: a stream of bytes that are not a ProcessingRequest, a Check of bytes
+    that are not a CheckRequest, a stream with request headers twice; from `threads`
+    clients at once, against `asm-proxy serve` (one worker, TCP). Then what it logged."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from asm_proxy.protos import ext_proc
+    from asm_proxy.testing import messages
+
+    twice = ext_proc.ProcessingRequest.SerializeToString(
+        messages.request_headers({":path": "/"}, False)
+    )
+    kinds = {
+        "garbage stream": (
+            "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+            [b"\xff\xfe garbage"],
+        ),
+        "garbage Check": ("/envoy.service.auth.v3.Authorization/Check", b"\xff\xfe garbage"),
+        "headers twice": ("/envoy.service.ext_proc.v3.ExternalProcessor/Process", [twice, twice]),
+    }
+    config = (
+        "reloadInterval: 0s\nplugins:\n  - {name: body, type: 'tests.support.plugins:UpperBody'}\n"
+    )
+    serve = Serve(workdir, config, listen="127.0.0.1:0", workers=1)
+    statuses: dict[str, int] = {}
+    try:
+
+        def run(kind: str) -> list[str]:
+            method, payload = kinds[kind]
+            out = []
+            with grpc.insecure_channel(serve.addresses[0]) as channel:
+                for _ in range(count // threads):
+                    try:
+                        if isinstance(payload, list):
+                            list(channel.stream_stream(method)(iter(payload), timeout=10))
+                        else:
+                            channel.unary_unary(method)(payload, timeout=10)
+                        out.append("OK")
+                    except grpc.RpcError as exc:
+                        out.append(exc.code().name)
+            return out
+
+        start = time.monotonic()
+        with ThreadPoolExecutor(threads * len(kinds)) as pool:
+            jobs = [pool.submit(run, kind) for kind in kinds for _ in range(threads)]
+            for job in jobs:
+                for name in job.result():
+                    statuses[name] = statuses.get(name, 0) + 1
+        seconds = time.monotonic() - start
+        serve.wait_log("more client faults in the last", limit=30)  # the period's summary
+        log = serve.log
+    finally:
+        serve.close()
+    return BadClientsResult(
+        {kind: count // threads * threads for kind in kinds},
+        statuses,
+        seconds,
+        {
+            "WARNING refused (client's fault)": log.count("(client's fault"),
+            "summaries (N more ... suppressed)": log.count("more client faults"),
+            "suppressed in summaries": sum(
+                int(n) for n in re.findall(r"(\d+) more client faults", log)
+            ),
+            "ERROR": log.count(" ERROR "),
+            "Traceback": log.count("Traceback"),
+        },
+    )

@@ -273,3 +273,18 @@ class BadMetadata(Plugin):
 
     def on_request_headers(self, http: Http) -> None:
         http.set_metadata("bad", object())
+
+
+class HoardConfig(PluginConfig):
+    kib_per_request: int = 256
+
+
+class Hoard(Plugin):
+    """Keeps `kib_per_request` KiB for ever at each request: a worker whose memory only
+    grows (what maxWorkerRss is for)."""
+
+    Config = HoardConfig
+    kept: list[bytes] = []
+
+    def on_request_headers(self, http: Http) -> None:
+        Hoard.kept.append(b"x" * (self.config.kib_per_request * 1024))

@@ -244,3 +244,34 @@ def test_parse_file_keeps_raw_and_lines(tmp_path: Path) -> None:
     """The parsed file keeps what the user wrote, to locate plugin-level problems."""
     parsed = parse_file(write(tmp_path, "plugins:\n  - name: a\n    type: headers\n"))
     assert parsed.lines.line(("plugins", 0, "type")) == 3
+
+
+class TestRecyclingSettings:
+    def test_sizes_and_counts(self, tmp_path: Path) -> None:
+        """maxWorkerRss takes Kubernetes-style sizes; both limits default to never."""
+        loaded = load(
+            write(tmp_path, "maxStreamsPerWorker: 50000\nmaxWorkerRss: 512Mi\nplugins: []\n")
+        )
+        assert loaded.settings.max_streams_per_worker == 50_000
+        assert loaded.settings.max_worker_rss == 512 * 2**20
+        assert (
+            load(write(tmp_path, "maxWorkerRss: 1G\nplugins: []\n")).settings.max_worker_rss
+            == 10**9
+        )
+        defaults = load(write(tmp_path, "plugins: []\n")).settings
+        assert (defaults.max_streams_per_worker, defaults.max_worker_rss) == (0, 0)
+
+    @pytest.mark.parametrize(
+        ("line", "message"),
+        [
+            ("maxStreamsPerWorker: 10", "0 (never) or at least 1000"),
+            ("maxWorkerRss: 64Mi", "0 (never) or at least 128Mi"),
+            ("maxWorkerRss: lots", "'lots' is not a size; write it like 512Mi, 1Gi or 300M"),
+        ],
+    )
+    def test_refused(self, tmp_path: Path, line: str, message: str) -> None:
+        """Limits that would recycle a worker all the time, or that are not sizes."""
+        path = write(tmp_path, f"{line}\nplugins: []\n")
+        (msg,) = problems(path)
+        assert msg.startswith(f"{path}:1: field '{line.split(':')[0]}'")
+        assert message in msg
