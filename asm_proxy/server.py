@@ -56,8 +56,9 @@ class ServerState:
 class _ResetAfterLastAnswer(logging.Filter):
     """grpc.aio logs an error with a traceback when a stream's final status cannot be sent
     because the client has already reset the stream. asm-proxy ends a stream right after
-    its last answer, and Envoy may reset it as soon as it has that answer: expected and
-    harmless, so counted instead of logged."""
+    its last answer, and an Envoy without ext_proc_graceful_grpc_close may reset it as soon
+    as it has that answer: expected, so counted instead of logged (each also leaks the
+    status batch in grpc.aio, grpc/grpc#43360)."""
 
     PREFIX = f"ExecuteBatchError raised in core by servicer method [/{EXT_PROC_SERVICE}/"
 
@@ -114,7 +115,12 @@ class ExternalProcessorServicer(ext_proc_grpc.ExternalProcessorServicer):  # typ
             await _client_fault(
                 context, "ext_proc stream", grpc.StatusCode.INVALID_ARGUMENT, str(exc)
             )
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except asyncio.CancelledError:
+            # Envoy reset the stream instead of ending it: grpc.aio leaks the read it was
+            # waiting on (grpc/grpc#43360); Envoy's ext_proc_graceful_grpc_close avoids it.
+            counters.streams_cancelled += 1
+            raise
+        except grpc.aio.AbortError:
             raise
         except Exception as exc:
             counters.streams_aborted += 1

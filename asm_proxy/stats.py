@@ -20,6 +20,7 @@ class Counters:
     client_faults: int = 0  # streams and Checks refused: undecodable, or protocol misuse
     streams_closed_early: int = 0  # ended by asm-proxy once the chain needed nothing more
     streams_reset_before_status: int = 0  # Envoy reset one before its final status went out
+    streams_cancelled: int = 0  # Envoy reset one while asm-proxy waited for its next message
     messages: int = 0
     responses: int = 0
     mode_overrides: int = 0

@@ -32,7 +32,7 @@ from tests.reliability.soak import SoakResult, soak
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The Envoy config as it was before this suite's issue: no health checks, no outlier
 #: detection, no retries, one connection for ever, streams reset at their end.
-BEFORE = {
+BEFORE: dict[str, Any] = {
     "ext_proc": ExtProc(message_timeout="1s", retries=False),
     "asm_proxy_health_checks": False,
     "asm_proxy_outlier_detection": False,
@@ -44,9 +44,9 @@ BEFORE = {
 def _kills(work: Path) -> dict[str, Any]:
     out = {}
     for transport in ("unix", "tcp"):
-        for name, setup in (("before", BEFORE), ("after", {})):
+        for name, setup in (("before", BEFORE), ("after", None)):
             out[f"{transport}, Envoy config {name}"] = drills.worker_kills(
-                work / f"kills-{transport}-{name}", transport=transport, kills=10, **setup
+                work / f"kills-{transport}-{name}", transport=transport, kills=10, envoy=setup
             )
     return out
 
@@ -54,9 +54,9 @@ def _kills(work: Path) -> dict[str, Any]:
 def _drain(work: Path) -> dict[str, Any]:
     out = {}
     for transport in ("unix", "tcp"):
-        for name, setup in (("before", BEFORE), ("after", {})):
+        for name, setup in (("before", BEFORE), ("after", None)):
             out[f"{transport}, Envoy config {name}"] = drills.drain_one_of_two(
-                work / f"drain-{transport}-{name}", transport=transport, after=5.0, **setup
+                work / f"drain-{transport}-{name}", transport=transport, after=5.0, envoy=setup
             )
     return out
 

@@ -7,8 +7,10 @@ import os
 import re
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from asm_proxy.unix_sockets import in_use
 from tests.reliability import procs
@@ -135,14 +137,14 @@ def worker_kills(
     rate: float = 200,
     connections: int = 8,
     every: float = 3.0,
-    **setup: object,
+    envoy: Mapping[str, Any] | None = None,
 ) -> KillResult:
     """Two workers behind Envoy at `rate` requests/s; SIGKILL one worker (alternating) every
-    `every` seconds and count the requests that failed around each kill. `setup` goes to
-    Envoy's bootstrap (to measure without health checks, retries, ...)."""
+    `every` seconds and count the requests that failed around each kill. `envoy` goes to
+    Envoy's bootstrap Setup (to measure without health checks, retries, ...)."""
     listen = f"unix:{workdir}/kill.sock" if transport == "unix" else "127.0.0.1:0"
     serve = Serve(workdir, PASS_THROUGH, listen=listen, workers=2)
-    front = Front(workdir, serve.addresses, **setup)
+    front = Front(workdir, serve.addresses, envoy)
     result = KillResult(transport, [], [])
     load = Load(front.url, rate=rate, connections=connections, seconds=kills * every + 30).start()
     marks: list[float] = []
@@ -195,7 +197,7 @@ def drain_one_of_two(
     connections: int = 8,
     workers: int = 2,
     after: float = 2.0,
-    **setup: object,
+    envoy: Mapping[str, Any] | None = None,
 ) -> DrainResult:
     """Two `asm-proxy serve` instances behind one Envoy; SIGTERM one under load (default
     drainDelay 1 s) and count the requests that failed until it has exited and `after`
@@ -205,7 +207,7 @@ def drain_one_of_two(
         listen = f"unix:{workdir}/{name}.sock" if transport == "unix" else "127.0.0.1:0"
         instances.append(Serve(workdir / name, PASS_THROUGH, listen=listen, workers=workers))
     a, b = instances
-    front = Front(workdir, a.addresses + b.addresses, **setup)
+    front = Front(workdir, a.addresses + b.addresses, envoy)
     load = Load(front.url, rate=rate, connections=connections, seconds=60).start()
     try:
         load.wait_for(int(rate))
@@ -245,7 +247,7 @@ def recycling_under_load(
     rate: float = 300,
     trigger: str = "maxStreamsPerWorker: 1000",
     plugins: str = "",
-    **setup: object,
+    envoy: Mapping[str, Any] | None = None,
 ) -> RecycleResult:
     """Two workers behind Envoy at `rate` requests/s with a recycling limit (`trigger`, a
     config line) low enough to be reached every few seconds; count the recycles (the
@@ -254,7 +256,7 @@ def recycling_under_load(
     config = PASS_THROUGH.replace("reloadInterval: 0s\n", f"reloadInterval: 0s\n{trigger}\n")
     serve = Serve(workdir, config + plugins, listen=listen, workers=2)
     try:
-        front = Front(workdir, serve.addresses, **setup)
+        front = Front(workdir, serve.addresses, envoy)
         try:
             outcome = Load(front.url, rate=rate, connections=8, seconds=seconds).start().finish()
         finally:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +136,15 @@ class Front:
     """An upstream and an Envoy whose asm_proxy cluster lists `targets`."""
 
     def __init__(
-        self, workdir: Path, targets: list[str], name: str = "front", **setup: Any
+        self,
+        workdir: Path,
+        targets: list[str],
+        setup: Mapping[str, Any] | None = None,
+        *,
+        name: str = "front",
     ) -> None:
+        """`setup`: fields of the bootstrap's Setup (ext_proc, asm_proxy_health_checks, ...)."""
+        setup = dict(setup or {})
         self.upstream = start_upstream(workdir / f"{name}-upstream")
         ext_proc = setup.pop("ext_proc", None) or ExtProc(message_timeout="1s")
         config = bootstrap(

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.envoy
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_recycling_after_a_stream_count_loses_nothing(transport: str, tmp_path: Path) -> None:
-    """maxStreamsPerWorker 1000 at 300 requests/s over two workers: a recycle every few
-    seconds."""
-    result = recycling_under_load(tmp_path, transport=transport, seconds=12)
+    """maxStreamsPerWorker 1000 at 400 requests/s over two workers: each is recycled about
+    every five seconds."""
+    result = recycling_under_load(tmp_path, transport=transport, seconds=8, rate=400)
     assert result.recycles >= 2, result
     assert result.requests > 3000, result
     assert result.failed == 0, result
@@ -32,7 +32,7 @@ def test_recycling_above_an_rss_limit_loses_nothing(tmp_path: Path) -> None:
     result = recycling_under_load(
         tmp_path,
         transport="unix",
-        seconds=10,
+        seconds=8,
         rate=200,
         trigger="maxWorkerRss: 128Mi",
         plugins=hoard,
