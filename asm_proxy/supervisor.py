@@ -237,6 +237,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self._retiring: set[WorkerHandle] = set()  # recycled workers still finishing streams
+        self._useless_rss_limit = 0  # a maxWorkerRss a fresh worker is already above
 
     # -- starting ------------------------------------------------------------------
 
@@ -428,14 +429,19 @@ class Supervisor:
         """Every RECYCLE_CHECK seconds, recycle the workers past a limit, one at a time."""
         while not self._stopping:
             await asyncio.sleep(RECYCLE_CHECK)
-            streams, rss = self.settings.max_streams_per_worker, self.settings.max_worker_rss
-            if not streams and not rss:
+            if not any(self._limits()):
                 continue
             for stats in await self.stats():
-                reason = _due(stats, streams, rss)
+                reason = _due(stats, *self._limits())  # limits as they are after a recycle
                 handle = self.workers[stats["index"]]
                 if reason and handle.pid == stats["pid"] and not self._stopping:
                     await self.recycle(handle, reason)
+
+    def _limits(self) -> tuple[int, int]:
+        """(maxStreamsPerWorker, maxWorkerRss), 0 for none (an RSS limit below a fresh
+        worker is none)."""
+        rss = self.settings.max_worker_rss
+        return self.settings.max_streams_per_worker, 0 if rss == self._useless_rss_limit else rss
 
     async def recycle(self, old: WorkerHandle, reason: str) -> bool:
         """Start `old`'s replacement; once it serves, `old` stops taking streams and
@@ -449,14 +455,16 @@ class Supervisor:
             log.error("%s; worker %d keeps serving", exc, old.index)
             old.retired = False
             if not old.alive:  # it died meanwhile, unwatched: restart it as a crash
-                self._spawn_task(self._restart(old, old.proc.returncode, 0.0))
+                loop = asyncio.get_running_loop()
+                self._spawn_task(self._restart(old, old.proc.returncode, loop.time()))
             return False
         if self._stopping:
             new.tell({"op": "stop"})
             return False
         self.workers[old.index] = new
         self._watch(new)
-        self._retiring.add(old)
+        if old.alive:
+            self._retiring.add(old)
         counters.worker_recycles += 1
         old.tell({"op": "retire", "grace": self.settings.drain_timeout})
         log.info(
@@ -465,7 +473,25 @@ class Supervisor:
             new.pid,
             old.pid,
         )
+        await self._check_rss_limit(new)
         return True
+
+    async def _check_rss_limit(self, new: WorkerHandle) -> None:
+        """A limit below what a fresh worker already holds would recycle every worker at
+        every check: say so once, and recycle on RSS no more until the limit changes."""
+        limit = self.settings.max_worker_rss
+        if not limit or limit == self._useless_rss_limit:
+            return
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            rss = int((await new.request({"op": "stats"}, wait=10)).get("rss", 0))
+            if rss >= limit:
+                self._useless_rss_limit = limit
+                log.warning(
+                    "a fresh worker already holds %.0f MiB, above maxWorkerRss (%.0f MiB): "
+                    "not recycling on memory until the limit is raised",
+                    rss / 2**20,
+                    limit / 2**20,
+                )
 
     # -- reloading -----------------------------------------------------------------
 

@@ -24,21 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from asm_proxy.durations import parse_duration
-from asm_proxy.envoy_bootstrap import ExtProc
 from tests.reliability import drills
 from tests.reliability.reload_drill import reload_faults
 from tests.reliability.soak import SoakResult, soak
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: The Envoy config as it was before this suite's issue: no health checks, no outlier
-#: detection, no retries, one connection for ever, streams reset at their end.
-BEFORE: dict[str, Any] = {
-    "ext_proc": ExtProc(message_timeout="1s", retries=False),
-    "asm_proxy_health_checks": False,
-    "asm_proxy_outlier_detection": False,
-    "asm_proxy_max_requests_per_connection": None,
-    "runtime_flags": False,
-}
+BEFORE = drills.ENVOY_BEFORE
 
 
 def _kills(work: Path) -> dict[str, Any]:
@@ -99,6 +90,30 @@ def _bad_clients(work: Path) -> dict[str, Any]:
     return {"bad clients": drills.bad_clients(work, count=2000)}
 
 
+def _memory(work: Path) -> dict[str, Any]:
+    runs = drills.memory_per_request(work)
+    return {
+        f"{r.server}, Envoy config {r.envoy}": {
+            **_plain(r),
+            "bytes_per_request": round(r.bytes_per_request, 1),
+        }
+        for r in runs
+    }
+
+
+def _spread(work: Path) -> dict[str, Any]:
+    old = {"asm_proxy_max_streams": 8, "asm_proxy_max_requests_per_connection": None}
+    return {
+        name: drills.tcp_spread(work / str(n), seconds=60, envoy=envoy, name=name)
+        for n, (name, envoy) in enumerate(
+            (
+                ("max_concurrent_streams 8 (the old advice)", old),
+                ("max_requests_per_connection 100 (now)", None),
+            )
+        )
+    }
+
+
 DRILLS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "kills": _kills,
     "drain": _drain,
@@ -106,6 +121,8 @@ DRILLS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "recycle": _recycle,
     "reload": _reload,
     "bad-clients": _bad_clients,
+    "memory": _memory,
+    "spread": _spread,
 }
 
 

@@ -12,10 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asm_proxy.envoy_bootstrap import ExtProc
 from asm_proxy.unix_sockets import in_use
 from tests.reliability import procs
 from tests.reliability.load import Load
 from tests.reliability.stack import Front, Serve
+
+#: The Envoy config as it was before this suite's issue: no health checks, no outlier
+#: detection, no retries, one connection for ever, streams reset at their end.
+ENVOY_BEFORE: dict[str, Any] = {
+    "ext_proc": ExtProc(message_timeout="1s", retries=False),
+    "asm_proxy_health_checks": False,
+    "asm_proxy_outlier_detection": False,
+    "asm_proxy_max_requests_per_connection": None,
+    "runtime_flags": False,
+}
 
 PASS_THROUGH = """
 reloadInterval: 0s
@@ -237,6 +248,7 @@ class RecycleResult:
     requests: int
     failed: int
     load: str = ""
+    failures: list[str] = field(default_factory=list)  # Envoy's response details of those
 
 
 def recycling_under_load(
@@ -255,18 +267,39 @@ def recycling_under_load(
     listen = f"unix:{workdir}/recycle.sock" if transport == "unix" else "127.0.0.1:0"
     config = PASS_THROUGH.replace("reloadInterval: 0s\n", f"reloadInterval: 0s\n{trigger}\n")
     serve = Serve(workdir, config + plugins, listen=listen, workers=2)
+    access_log = workdir / "access.log"
     try:
-        front = Front(workdir, serve.addresses, envoy)
+        front = Front(workdir, serve.addresses, {**(envoy or {}), "access_log": str(access_log)})
         try:
             outcome = Load(front.url, rate=rate, connections=8, seconds=seconds).start().finish()
+            time.sleep(0.2)  # Envoy writes its access log every 50 ms
+            failures = envoy_failures(access_log)
         finally:
             front.close()
         recycles = serve.count("recycled: pid")
     finally:
         serve.close()
     return RecycleResult(
-        transport, trigger, recycles, outcome.total, len(outcome.failed), outcome.summary()
+        transport,
+        trigger,
+        recycles,
+        outcome.total,
+        len(outcome.failed),
+        outcome.summary(),
+        failures,
     )
+
+
+def envoy_failures(access_log: Path) -> list[str]:
+    """Code and response details of every non-200 line of Envoy's access log."""
+    import json
+
+    out = []
+    for line in access_log.read_text().splitlines() if access_log.exists() else []:
+        entry = json.loads(line)
+        if entry.get("code") != 200:
+            out.append(f"{entry.get('code')} {entry.get('details')}")
+    return out
 
 
 # -- bad clients ---------------------------------------------------------------------------
@@ -349,3 +382,140 @@ def bad_clients(workdir: Path, *, count: int, threads: int = 4) -> BadClientsRes
             "Traceback": log.count("Traceback"),
         },
     )
+
+
+# -- memory per request --------------------------------------------------------------------
+
+
+@dataclass
+class MemoryRun:
+    server: str
+    envoy: str  # which Envoy config
+    requests: int  # served between the two RSS samples
+    rss_after_warmup: int
+    rss_at_end: int
+    envoy_resets: int  # streams Envoy reset (http2.tx_reset)
+
+    @property
+    def bytes_per_request(self) -> float:
+        return (self.rss_at_end - self.rss_after_warmup) / self.requests if self.requests else 0.0
+
+
+MEMORY_VARIANTS: list[tuple[str, str, Mapping[str, Any] | None]] = [
+    ("asm-proxy worker", "before", ENVOY_BEFORE),
+    ("asm-proxy worker", "now, without graceful close", {"runtime_flags": False}),
+    ("asm-proxy worker", "now", None),
+    ("bare grpc.aio (perf/floor.py)", "before", ENVOY_BEFORE),
+    ("bare grpc.aio (perf/floor.py)", "now", None),
+]
+
+
+def memory_per_request(
+    workdir: Path,
+    *,
+    seconds: float = 180,
+    warmup: float = 60,
+    rate: float = 190,
+    variants: list[tuple[str, str, Mapping[str, Any] | None]] = MEMORY_VARIANTS,
+) -> list[MemoryRun]:
+    """RSS growth per request of one serving process at `rate` requests/s, after `warmup`:
+    asm-proxy's worker and a bare grpc.aio server (perf/floor.py), behind the Envoy config
+    as it was before this suite's issue, as now, and as now but resetting streams at their
+    end (Envoy's default)."""
+    import subprocess
+    import sys
+
+    from tests.reliability.stack import ROOT
+
+    runs = []
+    for n, (server, envoy, setup) in enumerate(variants):
+        work = workdir / str(n)
+        work.mkdir(parents=True)
+        listen = f"unix:{work}/mem.sock"
+        serve: Serve | None = None
+        floor: subprocess.Popen[str] | None = None
+        if server.startswith("asm-proxy"):
+            serve = Serve(work, PASS_THROUGH, listen=listen, workers=1)
+            (pid,) = procs.workers(listen)
+        else:
+            floor = subprocess.Popen(
+                [sys.executable, "-m", "perf.floor", "--listen", listen],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            assert floor.stdout is not None and "serving on" in floor.stdout.readline()
+            pid = floor.pid
+        try:
+            front = Front(work, [listen], setup)
+            try:
+                load = Load(front.url, rate=rate, connections=8, seconds=seconds).start()
+                time.sleep(warmup)
+                first, done = procs.rss(pid), load.done
+                load.finish()
+                stat = "cluster.asm_proxy.http2.tx_reset"
+                runs.append(
+                    MemoryRun(
+                        server,
+                        envoy,
+                        load.done - done,
+                        first,
+                        procs.rss(pid),
+                        front.envoy.stats(stat).get(stat, 0),
+                    )
+                )
+            finally:
+                front.close()
+        finally:
+            if serve is not None:
+                serve.close()
+            if floor is not None:
+                floor.terminate()
+                floor.wait(10)
+    return runs
+
+
+# -- streams spread over TCP workers -------------------------------------------------------
+
+
+@dataclass
+class SpreadResult:
+    envoy: str
+    per_window: list[list[int]]  # streams each worker started, per window
+    total: list[int]
+
+
+def tcp_spread(
+    workdir: Path,
+    *,
+    seconds: float,
+    window: float = 10.0,
+    rate: float = 200,
+    envoy: Mapping[str, Any] | None = None,
+    name: str = "",
+) -> SpreadResult:
+    """Two TCP workers behind Envoy at `rate` requests/s over 8 connections: how many
+    streams each worker started, per `window` seconds (the workers' own counts)."""
+    from tests.support.workers import SupervisorThread
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "spread.yaml"
+    config.write_text(PASS_THROUGH)
+    supervisor = SupervisorThread(config, listen="127.0.0.1:0", workers=2)
+    windows: list[list[int]] = []
+    try:
+        front = Front(workdir, supervisor.addresses[:1], envoy)
+        try:
+            before = supervisor.streams_by_worker()
+            load = Load(front.url, rate=rate, connections=8, seconds=seconds).start()
+            for _ in range(int(seconds // window)):
+                time.sleep(window)
+                now = supervisor.streams_by_worker()
+                windows.append([now[i] - before.get(i, 0) for i in sorted(now)])
+                before = now
+            load.finish()
+        finally:
+            front.close()
+    finally:
+        supervisor.stop()
+    return SpreadResult(name, windows, [sum(w[i] for w in windows) for i in range(2)])

@@ -288,3 +288,20 @@ class Hoard(Plugin):
 
     def on_request_headers(self, http: Http) -> None:
         Hoard.kept.append(b"x" * (self.config.kib_per_request * 1024))
+
+
+class BallastConfig(PluginConfig):
+    mib: int = 150
+
+
+class Ballast(Plugin):
+    """Holds `mib` MiB from the moment it is made: a worker heavy before it serves."""
+
+    Config = BallastConfig
+
+    def __init__(self, config: BallastConfig) -> None:
+        super().__init__(config)
+        self.ballast = b"\x01" * (config.mib * 2**20)
+
+    def on_request_headers(self, http: Http) -> None:
+        return None
