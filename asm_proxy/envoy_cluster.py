@@ -21,7 +21,7 @@ every Envoy config the project writes gets what asm-proxy's reliability depends 
   after N streams are spread again.
 - **Runtime `ext_proc_graceful_grpc_close`**: at the end of an exchange Envoy half-closes the
   ext_proc stream and waits for asm-proxy's status, instead of resetting the stream. Every
-  reset call costs grpc.aio a leaked batch (grpc/grpc#43360, ~90 bytes a request; see
+  reset call costs grpc.aio a leaked batch (grpc/grpc#43360, up to ~120 bytes a request; see
   docs/RELIABILITY.md).
 """
 

@@ -1,7 +1,7 @@
 """Exchanges end without a reset: with the project's Envoy config (runtime
 ext_proc_graceful_grpc_close) Envoy half-closes a finished ext_proc stream and waits for
 asm-proxy's status. A reset call is what grpc.aio leaks memory on (grpc/grpc#43360: a worker
-grew ~90-140 bytes a request). Envoy counts the resets it sends (http2.tx_reset); grpc.aio
+grew up to ~140 bytes a request). Envoy counts the resets it sends (http2.tx_reset); grpc.aio
 hides most of them from the server (a status that cannot be sent after a reset is dropped
 silently), so the test reads Envoy's count."""
 
