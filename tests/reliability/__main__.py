@@ -5,9 +5,9 @@
     scripts/reliability --soak 0         drills only
     scripts/reliability --only kills,drain,soak
 
-Results go to tests/reliability/results/ (JSON, and a markdown summary that
-docs/RELIABILITY.md quotes). Everything runs on 127.0.0.1 and Unix sockets in a scratch
-directory; every load is bounded in rate and time.
+Results go to tests/reliability/results/last-run.json (docs/RELIABILITY.md quotes them).
+Everything runs on 127.0.0.1 and Unix sockets in a scratch directory; every load is bounded
+in rate and time.
 """
 
 from __future__ import annotations

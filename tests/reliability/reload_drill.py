@@ -4,7 +4,9 @@ under load through Envoy, with an API-key `auth` plugin that must never be dropp
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,7 @@ class ReloadResult:
     with_key: str  # the load with the key: every request must be 200
     with_key_failed: int
     log_counts: dict[str, int]
+    states: list[str]  # the file states the watcher reported
 
 
 def reload_faults(workdir: Path, *, rounds: int = 1) -> ReloadResult:
@@ -151,6 +154,10 @@ def reload_faults(workdir: Path, *, rounds: int = 1) -> ReloadResult:
         finally:
             refused, allowed = keyless.stop(), keyed.stop()
         log = serve.log
+        states = re.findall(
+            r"config \S+ (cannot be used \(.*\)(?=; the running chain stays)|is usable again)",
+            log,
+        )
     finally:
         if front is not None:
             front.close()
@@ -166,7 +173,12 @@ def reload_faults(workdir: Path, *, rounds: int = 1) -> ReloadResult:
             "reloaded": log.count("reloaded in 2 worker"),
             "cannot be used": log.count("cannot be used"),
             "usable again": log.count("is usable again"),
+            # The same state said twice in a row (must be 0: once per change). Between two
+            # faults the file may be missing for a moment (a directory cannot replace a
+            # file in one step), which is a change of its own.
+            "said again": sum(a == b for a, b in itertools.pairwise(states)),
             "the file is empty": log.count("the file is empty"),
             "no plugins": log.count("no plugins"),
         },
+        sorted(set(states)),
     )
