@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from asm_proxy import codec
+from asm_proxy import codec, faults
 from asm_proxy.chain import run_hooks
 from asm_proxy.envoy_headers import decode_header_map, encode_value
 from asm_proxy.events import REQUEST_BODY, REQUEST_HEADERS
@@ -242,8 +242,8 @@ class AuthorizationServicer:
                 counters.authz_denied += 1
                 return denied(outcome, metadata)
             return allowed(x, metadata)
-        except Exception:
-            log.exception("ext_authz Check failed inside asm-proxy")
+        except Exception as exc:
+            faults.internal_fault("ext_authz Check", exc)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "asm-proxy internal error during Check; see its log"
             )
