@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from asm_proxy import codec, observe
+from asm_proxy import codec, faults, observe
 from asm_proxy.chain import run_hooks
 from asm_proxy.envoy_headers import decode_header_map, encode_value
 from asm_proxy.events import REQUEST_BODY, REQUEST_HEADERS
@@ -252,9 +252,9 @@ class AuthorizationServicer:
                 return denied(outcome, metadata)
             end = StreamEnd.ALLOWED
             return allowed(x, metadata)
-        except Exception:
+        except Exception as exc:
             end = StreamEnd.INTERNAL_ERROR
-            log.exception("ext_authz Check failed inside asm-proxy")
+            faults.internal_fault("ext_authz Check", exc)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "asm-proxy internal error during Check; see its log"
             )

@@ -11,18 +11,17 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
-import stat
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from asm_proxy import logs, observe, offload
+from asm_proxy import faults, logs, observe, offload, unix_sockets
 from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
-from asm_proxy.config import ConfigError, ServerSettings
+from asm_proxy.config import ConfigError, ServerSettings, decode_config
 from asm_proxy.loader import Loaded, load, load_text
 from asm_proxy.metrics.serving import bind_chain, forget_plugins, record
 from asm_proxy.metrics.store import REGISTRY, Registry
@@ -47,8 +46,9 @@ log = logging.getLogger("asm_proxy.server")
 class _ResetAfterLastAnswer(logging.Filter):
     """grpc.aio logs an error with a traceback when a stream's final status cannot be sent
     because the client has already reset the stream. asm-proxy ends a stream right after
-    its last answer, and Envoy may reset it as soon as it has that answer: expected and
-    harmless, so counted instead of logged."""
+    its last answer, and an Envoy without ext_proc_graceful_grpc_close may reset it as soon
+    as it has that answer: expected, so counted instead of logged (each also leaks the
+    status batch in grpc.aio, grpc/grpc#43360)."""
 
     PREFIX = f"ExecuteBatchError raised in core by servicer method [/{EXT_PROC_SERVICE}/"
 
@@ -63,6 +63,21 @@ def _quiet_grpc_resets() -> None:
     grpc_log = logging.getLogger("grpc._cython.cygrpc")
     if not any(isinstance(f, _ResetAfterLastAnswer) for f in grpc_log.filters):
         grpc_log.addFilter(_ResetAfterLastAnswer())
+
+
+EXT_PROC_REQUEST = "envoy.service.ext_proc.v3.ProcessingRequest"
+CHECK_REQUEST = "envoy.service.auth.v3.CheckRequest"
+
+
+def _not_a(message: str, exc: DecodeError) -> str:
+    """The client's fault in Envoy's names (protobuf's text names asm-proxy's own copy of
+    the message type, which a client has never heard of)."""
+    reason = str(exc).rpartition("': ")[2] or "undecodable"
+    return f"not an {message}: {reason}"
+
+
+class _Undecodable(Exception):
+    """The client sent bytes that are not a ProcessingRequest."""
 
 
 class ExternalProcessorServicer:
@@ -86,7 +101,10 @@ class ExternalProcessorServicer:
                 # Envoy resets a stream it needs no more instead of closing it: cancelled
                 # while waiting here, the exchange is complete (nothing was left unanswered).
                 end = StreamEnd.COMPLETE
-                msg = await read()
+                try:
+                    msg = await read()
+                except DecodeError as exc:  # grpc decodes as the message is read
+                    raise _Undecodable(_not_a(EXT_PROC_REQUEST, exc)) from None
                 if msg is eof:
                     return
                 end = StreamEnd.CANCELLED
@@ -103,16 +121,24 @@ class ExternalProcessorServicer:
                     end = StreamEnd.CLOSED_EARLY
                     return  # nothing more is needed: end the stream (status OK)
         except ProtocolError as exc:
-            counters.streams_aborted += 1
             end = StreamEnd.PROTOCOL_ERROR
-            log.info("ext_proc stream ended: %s", exc.message)
-            await context.abort(exc.code, exc.message)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+            await _client_fault(context, "ext_proc stream", exc.code, exc.message)
+        except _Undecodable as exc:
+            end = StreamEnd.PROTOCOL_ERROR
+            await _client_fault(
+                context, "ext_proc stream", grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            )
+        except asyncio.CancelledError:
+            # Envoy reset the stream instead of ending it: grpc.aio leaks the read it was
+            # waiting on (grpc/grpc#43360); Envoy's ext_proc_graceful_grpc_close avoids it.
+            counters.streams_cancelled += 1
             raise
-        except Exception:
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
             counters.streams_aborted += 1
             end = StreamEnd.INTERNAL_ERROR
-            log.exception("ext_proc stream failed inside asm-proxy")
+            faults.internal_fault("ext_proc stream", exc)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "asm-proxy internal error on this stream; see its log"
             )
@@ -138,14 +164,40 @@ def _add_services(server: grpc.aio.Server, state: ServerState) -> None:
         },
     )
     server.add_registered_method_handlers(
-        AUTHZ_SERVICE,
-        {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                AuthorizationServicer(state).Check,
-                request_deserializer=CheckRequest.FromString,
-                response_serializer=CheckResponse.SerializeToString,
+        AUTHZ_SERVICE, {"Check": authorization_handler(AuthorizationServicer(state))}
+    )
+
+
+async def _client_fault(
+    context: grpc.aio.ServicerContext, where: str, code: grpc.StatusCode, reason: str
+) -> None:
+    """End the call with `code` and `reason`: the client's fault, a throttled WARNING."""
+    counters.streams_aborted += 1
+    counters.client_faults += 1
+    faults.client_fault(where, reason, context.peer())
+    await context.abort(code, reason)
+
+
+def authorization_handler(servicer: AuthorizationServicer) -> grpc.RpcMethodHandler:
+    """Check with the request decoded here rather than by grpc: grpc answers an undecodable
+    request with UNKNOWN and an ERROR with a traceback in the log for each; it is the
+    client's fault (INVALID_ARGUMENT, a throttled WARNING)."""
+
+    async def check(raw: bytes, context: grpc.aio.ServicerContext) -> CheckResponse:
+        try:
+            request = CheckRequest.FromString(raw)
+        except DecodeError as exc:
+            await _client_fault(
+                context,
+                "ext_authz Check",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                _not_a(CHECK_REQUEST, exc),
             )
-        },
+            raise  # abort() raised already; this is never reached
+        return await servicer.Check(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        check, request_deserializer=None, response_serializer=CheckResponse.SerializeToString
     )
 
 
@@ -160,29 +212,6 @@ def grpc_options(settings: ServerSettings, *, reuse_port: bool = False) -> list[
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-
-
-def _prepare_unix_socket(address: str) -> None:
-    path = Path(address[len("unix:") :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            if unix_socket_in_use(path):
-                raise OSError(f"cannot listen on {address}: another server is serving on it")
-            path.unlink()  # left by a previous run; binding would fail
-
-
-def unix_socket_in_use(path: Path) -> bool:
-    """Whether something accepts connections on the Unix socket at `path`."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 def _tracing_asked() -> bool:
@@ -224,6 +253,7 @@ class Server:
         self._server: grpc.aio.Server | None = None
         self._watcher: ConfigWatcher | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._socket: tuple[Path, int] | None = None  # a Unix socket's path and inode
         self.address = ""
         self.port = 0
         self.certificates: CertificateFiles | None = None
@@ -237,7 +267,10 @@ class Server:
     def chain(self) -> Chain:
         return self.state.chain
 
-    async def start(self, listen: str | None = None) -> None:
+    async def start(self, listen: str | None = None, *, take_over: bool = False) -> None:
+        """Serve on `listen` (default: the config's). A Unix socket path something still
+        serves on is refused, unless `take_over` (a worker replacing another): then this
+        server's socket replaces it at the path once it serves."""
         address = listen or self.settings.listen
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
         _quiet_grpc_resets()
@@ -253,24 +286,33 @@ class Server:
         server = grpc.aio.server(options=grpc_options(self.settings, reuse_port=self.reuse_port))
         _add_services(server, self.state)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        bind = address
+        path = private = None
         if address.startswith("unix:"):
-            _prepare_unix_socket(address)
+            path = unix_sockets.check(address)
+            if not take_over and path.exists() and unix_sockets.in_use(path):
+                raise OSError(f"cannot listen on {address}: another server is serving on it")
+            private = unix_sockets.private_name(path)
+            bind = f"unix:{private}"
         try:
             if self.settings.tls is not None:
                 self.certificates = CertificateFiles(self.settings.tls)
-                port = server.add_secure_port(address, self.certificates.credentials())
+                port = server.add_secure_port(bind, self.certificates.credentials())
             else:
-                port = server.add_insecure_port(address)
+                port = server.add_insecure_port(bind)
         except TlsError as exc:
             raise OSError(f"cannot serve TLS on {address}: {exc}") from None
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         if not address.startswith("unix:") and port == 0:
             raise OSError(f"cannot listen on {address} (in use?)")
-        if address.startswith("unix:"):
-            # Who may connect: the socket's permissions (the directory's group, see config).
-            os.chmod(address[len("unix:") :], self.settings.socket_mode)
+        if private is not None:
+            # Who may connect: the socket's permissions (the directory's group, see config);
+            # set on the private name, they go with it when it takes over the path.
+            os.chmod(private, self.settings.socket_mode)
         await server.start()
+        if path is not None and private is not None:
+            self._socket = (path, unix_sockets.take_over(private, path))
         self._server = server
         self.port = port
         self.address = (
@@ -280,7 +322,7 @@ class Server:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.watch and self.config_path is not None and self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
-                self.config_path, self.settings.reload_interval, self.reload
+                self.config_path, self.settings.reload_interval, self._reload_settled
             )
             self._watch_task = asyncio.get_running_loop().create_task(self._watcher.run())
         self._info(
@@ -290,6 +332,24 @@ class Server:
             ", ".join(e.name for e in self.chain.entries) or "none",
         )
 
+    async def _reload_settled(self, data: bytes) -> bool:
+        """The watcher's callback: `data` is the file's content once it stood still."""
+        assert self.config_path is not None
+        try:
+            text = decode_config(self.config_path, data)
+        except ConfigError as exc:
+            return self._refused(exc)
+        return await self.reload(text)
+
+    def _refused(self, exc: ConfigError) -> bool:
+        counters.config_reload_failures += 1
+        log.error(
+            "config %s refused; the running chain stays:\n%s",
+            self.config_path,
+            "\n".join(f"  {p}" for p in exc.problems),
+        )
+        return False
+
     async def reload(self, text: str | None = None) -> bool:
         """Load the config file again (or `text`, as if it were the file's content); on any
         problem keep the running chain."""
@@ -298,13 +358,7 @@ class Server:
         try:
             loaded = load(self.config_path) if text is None else load_text(self.config_path, text)
         except ConfigError as exc:
-            counters.config_reload_failures += 1
-            log.error(
-                "config %s refused; the running chain stays:\n%s",
-                self.config_path,
-                "\n".join(f"  {p}" for p in exc.problems),
-            )
-            return False
+            return self._refused(exc)
         try:
             _bind(loaded.settings, loaded.chain, self.registry)
         except ValueError as exc:  # a plugin's metric clashes with one already declared
@@ -360,20 +414,24 @@ class Server:
             await asyncio.sleep(delay)
         await self.stop(grace)
 
-    async def stop(self, grace: float | None = 5.0) -> None:
+    async def stop(self, grace: float | None = 5.0, *, not_serving: bool = True) -> None:
+        """Stop taking streams (GOAWAY), give those in flight `grace` seconds, stop.
+        `not_serving=False` (a recycled worker whose replacement already serves on the same
+        address) leaves health alone: on a shared TCP port Envoy's health check may be
+        talking to this worker for the whole address."""
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        await self.health.enter_graceful_shutdown()
+        if not_serving:
+            await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
         await self.state.chain.close()
         await offload.close_pool()
         self._record(False)
-        if self.address.startswith("unix:"):
-            with contextlib.suppress(OSError):
-                os.unlink(self.address[len("unix:") :])
+        if self._socket is not None:
+            unix_sockets.release(*self._socket)  # unless a successor has taken the path
 
     async def wait(self) -> None:
         if self._server is not None:

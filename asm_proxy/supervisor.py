@@ -11,6 +11,10 @@ processes. The supervisor serves no traffic itself. It
   socket becomes one socket per worker, `PATH.0`, `PATH.1`, ..., which Envoy's cluster lists
   as endpoints (with one worker the path is used as given);
 - restarts a worker that dies, at once (with a backoff only when it keeps dying);
+- recycles a worker past `maxStreamsPerWorker` streams or `maxWorkerRss` bytes: its
+  replacement starts and serves on the same address first (a Unix socket path is taken
+  over by an atomic rename, see unix_sockets), then the old one stops taking streams,
+  finishes those in flight and exits;
 - fans config reloads out: it watches the file, checks a new one once, and hands every
   worker the same text; each swaps atomically, and if any refuses, those that had already
   swapped are put back, so all keep running the same config;
@@ -38,19 +42,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asm_proxy import __version__, logs
+from asm_proxy import __version__, logs, unix_sockets
 from asm_proxy.admin import AdminServer
 from asm_proxy.config import (
     AdminSettings,
     ConfigError,
     ServerSettings,
     config_hash,
-    read_config_text,
+    decode_config,
+    read_config_bytes,
 )
 from asm_proxy.config_dump import describe_plugins, dump_config
 from asm_proxy.loader import Loaded, load_text
 from asm_proxy.metrics.exposition import Merged, Totals
 from asm_proxy.reload import ConfigWatcher
+from asm_proxy.stats import counters
 
 log = logging.getLogger("asm_proxy.supervisor")
 
@@ -61,8 +67,23 @@ START_TIMEOUT = 60.0
 STABLE_AFTER = 10.0
 RESTART_BACKOFF = 0.25
 RESTART_BACKOFF_MAX = 5.0
+#: How often the workers' stream counts and RSS are compared with the recycling limits.
+RECYCLE_CHECK = 2.0
 
-_WORKER_BOOT = "from asm_proxy.worker import main; main()"
+#: A worker's first lines, before any import of weight: Linux is asked to send SIGUSR2
+#: (worker.SUPERVISOR_GONE; its default action ends the process) when the supervisor dies
+#: (prctl PR_SET_PDEATHSIG = 1); a supervisor that died before that is seen by the parent pid
+#: no longer being its own. Then the worker proper.
+_WORKER_BOOT = """\
+import os, signal, sys
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None).prctl(1, int(signal.SIGUSR2), 0, 0, 0)
+    if os.getppid() != int(sys.argv[sys.argv.index("--supervisor-pid") + 1]):
+        os._exit(3)
+from asm_proxy.worker import main
+main()
+"""
 
 
 class WorkerStartError(RuntimeError):
@@ -144,6 +165,8 @@ class WorkerHandle:
         self.reader = reader
         self.writer = writer
         self.started_at = 0.0
+        #: Replaced on purpose (recycled): its exit is no crash to restart from.
+        self.retired = False
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader_task: asyncio.Task[None] | None = None
@@ -236,12 +259,13 @@ class Supervisor:
         self._watcher: ConfigWatcher | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
+        self._retiring: set[WorkerHandle] = set()  # recycled workers still finishing streams
+        self._useless_rss_limit = 0  # a maxWorkerRss a fresh worker is already above
         #: What the admin endpoint and the metrics tell about the running config.
         self.config_hash = ""
         self.loaded_at = 0.0
         self.plugins: list[dict[str, Any]] = []
         self.config_dump: dict[str, Any] = {}
-        self.reloads = {"ok": 0, "failed": 0}
         #: Every worker has said it serves once (workers restarting later keep it true).
         self.started = False
         self.totals = Totals()
@@ -252,9 +276,13 @@ class Supervisor:
 
     # -- starting ------------------------------------------------------------------
 
-    def _read(self) -> tuple[str, Loaded]:
-        text = read_config_text(self.config_path)  # raises ConfigError
-        loaded = load_text(self.config_path, text)  # raises ConfigError
+    def _read(self, data: bytes | None = None) -> tuple[str, Loaded]:
+        """Check the file (or `data`, its content as the watcher saw it settle) with the
+        same loader and messages as `validate`; raises ConfigError."""
+        if data is None:
+            data = read_config_bytes(self.config_path)
+        text = decode_config(self.config_path, data)
+        loaded = load_text(self.config_path, text)
         for warning in loaded.warnings:
             log.warning("%s", warning)
         return text, loaded
@@ -282,6 +310,11 @@ class Supervisor:
         if not listen.startswith("unix:"):
             self._holder, listen = reserve_tcp_port(listen)
         self.addresses = worker_addresses(listen, count)
+        for address in self.addresses:
+            if address.startswith("unix:"):  # once here, not N times by the workers
+                path = unix_sockets.check(address)
+                if path.exists() and unix_sockets.in_use(path):
+                    raise OSError(f"cannot listen on {address}: another server is serving on it")
         results = await asyncio.gather(
             *(self._spawn(i) for i in range(count)), return_exceptions=True
         )
@@ -300,9 +333,13 @@ class Supervisor:
         for handle in self.workers:
             self._watch(handle)
         self.started = True
+        self._spawn_task(self._recycle_when_due())
         if self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
-                self.config_path, self.settings.reload_interval, self.reload
+                self.config_path,
+                self.settings.reload_interval,
+                self.reload,
+                initial=self._text.encode(),
             )
             self._spawn_task(self._watcher.run())
         log.info(
@@ -314,13 +351,24 @@ class Supervisor:
             ", ".join(names) or "none",
         )
 
-    async def _spawn(self, index: int) -> WorkerHandle:
+    async def _spawn(self, index: int, *, take_over: bool = False) -> WorkerHandle:
+        """Start worker `index` and wait until it serves. `take_over`: its Unix socket path
+        may be held by a live worker (one being recycled): replace it there."""
         address = self.addresses[index]
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         # The worker imports plugins exactly as this process would.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        argv = ["--index", str(index), "--control-fd", str(theirs.fileno()), "--listen", address]
+        argv = [
+            "--supervisor-pid",
+            str(os.getpid()),
+            "--index",
+            str(index),
+            "--control-fd",
+            str(theirs.fileno()),
+            "--listen",
+            address,
+        ]
         if not address.startswith("unix:"):
             argv.append("--reuse-port")
         try:
@@ -340,12 +388,25 @@ class Supervisor:
             theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         handle = WorkerHandle(index, address, proc, reader, writer)
-        _send(writer, {"op": "start", "path": str(self.config_path), "config": self._text})
+        _send(
+            writer,
+            {
+                "op": "start",
+                "path": str(self.config_path),
+                "config": self._text,
+                "take_over": take_over,
+            },
+        )
         try:
             line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
             message = json.loads(line) if line else {}
         except (TimeoutError, ValueError, ConnectionError):
             message = {}
+        except BaseException:  # cancelled (shutdown): no half-started worker left behind
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            handle.close()
+            raise
         if message.get("op") != "ready":
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -374,9 +435,14 @@ class Supervisor:
         handle.close()
         self.totals.retire(handle.last_metrics)
         handle.last_metrics = None
-        if self._stopping:
+        self._retiring.discard(handle)
+        if self._stopping or handle.retired:
             return
-        died_at = loop.time()
+        await self._restart(handle, code, loop.time())
+
+    async def _restart(self, handle: WorkerHandle, code: int | None, died_at: float) -> None:
+        """Start a worker in the place of `handle`, which exited with `code`."""
+        loop = asyncio.get_running_loop()
         lived = died_at - handle.started_at
         backoff = 0.0 if lived >= STABLE_AFTER else RESTART_BACKOFF
         log.warning(
@@ -390,7 +456,9 @@ class Supervisor:
             if backoff:
                 await asyncio.sleep(backoff)
             try:
-                new = await self._spawn(handle.index)
+                # Take over: the dead worker's socket file is still there (and a worker
+                # that was being recycled when this one died may still serve on it).
+                new = await self._spawn(handle.index, take_over=True)
             except WorkerStartError as exc:
                 log.error("%s; trying again", exc)
                 backoff = min(max(backoff * 2, RESTART_BACKOFF), RESTART_BACKOFF_MAX)
@@ -400,6 +468,7 @@ class Supervisor:
                 return
             self.workers[handle.index] = new
             self.restarts += 1
+            counters.worker_restarts += 1
             log.info(
                 "worker %d restarted as pid %d, serving %.0fms after the old one died",
                 new.index,
@@ -408,6 +477,76 @@ class Supervisor:
             )
             self._watch(new)
             return
+
+    # -- recycling -----------------------------------------------------------------
+
+    async def _recycle_when_due(self) -> None:
+        """Every RECYCLE_CHECK seconds, recycle the workers past a limit, one at a time."""
+        while not self._stopping:
+            await asyncio.sleep(RECYCLE_CHECK)
+            if not any(self._limits()):
+                continue
+            for stats in await self.stats():
+                reason = _due(stats, *self._limits())  # limits as they are after a recycle
+                handle = self.workers[stats["index"]]
+                if reason and handle.pid == stats["pid"] and not self._stopping:
+                    await self.recycle(handle, reason)
+
+    def _limits(self) -> tuple[int, int]:
+        """(maxStreamsPerWorker, maxWorkerRss), 0 for none (an RSS limit below a fresh
+        worker is none)."""
+        rss = self.settings.max_worker_rss
+        return self.settings.max_streams_per_worker, 0 if rss == self._useless_rss_limit else rss
+
+    async def recycle(self, old: WorkerHandle, reason: str) -> bool:
+        """Start `old`'s replacement; once it serves, `old` stops taking streams and
+        finishes those in flight (up to drainTimeout). False if the replacement failed to
+        start (`old` keeps serving; a later check tries again)."""
+        log.info("worker %d (pid %d) %s; starting its replacement", old.index, old.pid, reason)
+        old.retired = True  # from now on its exit is expected, not a crash
+        try:
+            new = await self._spawn(old.index, take_over=True)
+        except WorkerStartError as exc:
+            log.error("%s; worker %d keeps serving", exc, old.index)
+            old.retired = False
+            if not old.alive:  # it died meanwhile, unwatched: restart it as a crash
+                loop = asyncio.get_running_loop()
+                self._spawn_task(self._restart(old, old.proc.returncode, loop.time()))
+            return False
+        if self._stopping:
+            new.tell({"op": "stop"})
+            return False
+        self.workers[old.index] = new
+        self._watch(new)
+        if old.alive:
+            self._retiring.add(old)
+        counters.worker_recycles += 1
+        old.tell({"op": "retire", "grace": self.settings.drain_timeout})
+        log.info(
+            "worker %d recycled: pid %d serves, pid %d finishes its streams in flight",
+            old.index,
+            new.pid,
+            old.pid,
+        )
+        await self._check_rss_limit(new)
+        return True
+
+    async def _check_rss_limit(self, new: WorkerHandle) -> None:
+        """A limit below what a fresh worker already holds would recycle every worker at
+        every check: say so once, and recycle on RSS no more until the limit changes."""
+        limit = self.settings.max_worker_rss
+        if not limit or limit == self._useless_rss_limit:
+            return
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            rss = int((await new.request({"op": "stats"}, wait=10)).get("rss", 0))
+            if rss >= limit:
+                self._useless_rss_limit = limit
+                log.warning(
+                    "a fresh worker already holds %.0f MiB, above maxWorkerRss (%.0f MiB): "
+                    "not recycling on memory until the limit is raised",
+                    rss / 2**20,
+                    limit / 2**20,
+                )
 
     # -- reloading -----------------------------------------------------------------
 
@@ -418,13 +557,14 @@ class Supervisor:
         else:
             self._spawn_task(self.reload())
 
-    async def reload(self) -> bool:
-        """Check the file once; if good, every worker swaps to it (or none does)."""
+    async def reload(self, data: bytes | None = None) -> bool:
+        """Check the file (or `data`, its settled content) once; if good, every worker swaps
+        to it (or none does)."""
         async with self._reload_lock:
             try:
-                text, loaded = self._read()
+                text, loaded = self._read(data)
             except ConfigError as exc:
-                self.reloads["failed"] += 1
+                counters.config_reload_failures += 1
                 log.error(
                     "config %s refused; the running chain stays:\n%s",
                     self.config_path,
@@ -451,14 +591,14 @@ class Supervisor:
                     *(w.request({"op": "reload", "config": self._text}) for w in swapped),
                     return_exceptions=True,
                 )
-                self.reloads["failed"] += 1
+                counters.config_reload_failures += 1
                 return False
             if settings.listen != self.settings.listen or settings.workers != self.settings.workers:
                 log.warning("listen and workers changes take effect on restart")
             if settings.admin != self.settings.admin:
                 log.warning("admin changes take effect on restart")
             self._running(text, loaded)
-            self.reloads["ok"] += 1
+            counters.config_reloads += 1
             if self.owns_logging:
                 logs.setup(settings.log_format, settings.log_level)
             log.info(
@@ -484,8 +624,9 @@ class Supervisor:
         return [r for r in replies if isinstance(r, dict)]
 
     async def metrics(self) -> dict[str, Merged]:
-        """Every worker's metrics summed, with what workers now gone had counted."""
-        workers = [w for w in self.workers if w.alive]
+        """Every worker's metrics summed (recycled ones still finishing streams too), with
+        what workers now gone had counted."""
+        workers = [w for w in (*self.workers, *self._retiring) if w.alive]
         replies = await asyncio.gather(
             *(w.request({"op": "metrics"}, wait=10) for w in workers), return_exceptions=True
         )
@@ -512,7 +653,11 @@ class Supervisor:
             "workers": len(self.addresses),
             "workers_serving": len(self.serving),
             "restarts": self.restarts,
-            "reloads": dict(self.reloads),
+            "reloads": {"ok": counters.config_reloads, "failed": counters.config_reload_failures},
+            "recycles": counters.worker_recycles,
+            "config_file_unusable": counters.config_file_unusable,
+            "config_file_unusable_events": counters.config_file_unusable_events,
+            "config_file_unsettled": counters.config_file_unsettled,
             "config_hash": self.config_hash,
             "config_file": str(self.config_path),
             "loaded_at": self.loaded_at,
@@ -527,6 +672,11 @@ class Supervisor:
             return self.settings.admin
         base = self.settings.admin or AdminSettings()
         return AdminSettings(listen=self._admin_listen, allow_non_loopback=base.allow_non_loopback)
+
+    def own_stats(self) -> dict[str, Any]:
+        """The supervisor's own {pid, counters}: reloads, restarts, recycles, the config
+        file's state."""
+        return {"pid": os.getpid(), "counters": counters.snapshot()}
 
     @property
     def pids(self) -> list[int]:
@@ -557,7 +707,7 @@ class Supervisor:
         """Stop now: streams in flight are cut; stragglers are killed after 2 seconds."""
         self._stopping = True
         self._stop_tasks()
-        for handle in self.workers:
+        for handle in (*self.workers, *self._retiring):
             handle.tell({"op": "stop"})
         await self._wait_all(2.0)
         self._release()
@@ -569,7 +719,7 @@ class Supervisor:
             task.cancel()
 
     async def _wait_all(self, limit: float) -> None:
-        procs = [w.proc for w in self.workers]
+        procs = [w.proc for w in (*self.workers, *self._retiring)]
         if not procs:
             return
         _, pending = await asyncio.wait(
@@ -578,21 +728,33 @@ class Supervisor:
         if pending:
             log.warning("%d worker(s) did not stop in time; killing them", len(pending))
             await self._kill_all()
-        for handle in self.workers:
+        for handle in (*self.workers, *self._retiring):
             handle.close()
 
     async def _kill_all(self) -> None:
-        for handle in self.workers:
+        everyone = (*self.workers, *self._retiring)
+        for handle in everyone:
             if handle.alive:
                 with contextlib.suppress(ProcessLookupError):
                     handle.proc.kill()
-        for handle in self.workers:
+        for handle in everyone:
             await handle.proc.wait()
 
     def _release(self) -> None:
         if self._holder is not None:
             self._holder.close()
             self._holder = None
+
+
+def _due(stats: dict[str, Any], max_streams: int, max_rss: int) -> str | None:
+    """Why a worker with these stats is due for recycling, or None."""
+    started = int(stats.get("counters", {}).get("streams_started", 0))
+    rss = int(stats.get("rss", 0))
+    if max_streams and started >= max_streams:
+        return f"served {started} streams (maxStreamsPerWorker {max_streams})"
+    if max_rss and rss >= max_rss:
+        return f"holds {rss / 2**20:.0f} MiB (maxWorkerRss {max_rss / 2**20:.0f} MiB)"
+    return None
 
 
 def _ok(reply: object) -> bool:

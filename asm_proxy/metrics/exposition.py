@@ -202,8 +202,29 @@ class Supervisor(Collector):
         yield g("asm_proxy_workers_configured", "Worker processes wanted", value=s["workers"])
         yield CounterMetricFamily(
             "asm_proxy_worker_restarts",
-            "Workers started again after one exited (crash, kill, recycling)",
+            "Workers started again after one exited (crash, kill; recycles are counted apart)",
             value=s["restarts"],
+        )
+        yield CounterMetricFamily(
+            "asm_proxy_worker_recycles",
+            "Workers replaced on purpose past maxStreamsPerWorker or maxWorkerRss",
+            value=s["recycles"],
+        )
+        yield g(
+            "asm_proxy_config_file_unusable",
+            "1 while the config file is missing, not a file or unreadable (the running "
+            "config stays)",
+            value=s["config_file_unusable"],
+        )
+        yield CounterMetricFamily(
+            "asm_proxy_config_file_unusable_events",
+            "Times the config file became unusable (or the reason changed)",
+            value=s["config_file_unusable_events"],
+        )
+        yield CounterMetricFamily(
+            "asm_proxy_config_file_unsettled",
+            "Config file changes still being written after the settle checks (not loaded)",
+            value=s["config_file_unsettled"],
         )
         reloads = CounterMetricFamily(
             "asm_proxy_config_reloads",

@@ -208,6 +208,10 @@ def _supervisor() -> dict[str, Any]:
         "workers_serving": 2,
         "restarts": 1,
         "reloads": {"ok": 3, "failed": 1},
+        "recycles": 2,
+        "config_file_unusable": 1,
+        "config_file_unusable_events": 4,
+        "config_file_unsettled": 0,
         "config_hash": "abcdef0123456789",
         "config_file": "/etc/asm-proxy/config.yaml",
         "loaded_at": 1700000000.0,
@@ -240,6 +244,10 @@ class TestExposition:
             == 1
         )
         assert samples["asm_proxy_config_reloads_total"][(("result", "failed"),)] == 1
+        assert samples["asm_proxy_worker_restarts_total"][()] == 1
+        assert samples["asm_proxy_worker_recycles_total"][()] == 2
+        assert samples["asm_proxy_config_file_unusable"][()] == 1
+        assert samples["asm_proxy_config_file_unusable_events_total"][()] == 4
         assert samples["asm_proxy_plugins_loaded"][()] == 1
         assert "process_cpu_seconds_total" in samples
 
