@@ -211,3 +211,34 @@ def test_a_non_loopback_admin_address_is_refused(tmp_path: Path) -> None:
     finally:
         serve.close()
     assert "not a loopback address" in serve.text
+
+
+def test_an_unusable_config_file_shows_in_the_metrics(tmp_path: Path) -> None:
+    """The supervisor's own counters: the file gone is a gauge at 1 and an event, the
+    running config stays (ready), and a refused reload is counted failed."""
+    serve = ServeProcess(
+        tmp_path,
+        "listen: 127.0.0.1:0\nreloadInterval: 100ms\nplugins: []\n",
+        "--workers",
+        "1",
+        "--admin",
+        "127.0.0.1:0",
+    )
+    try:
+        serve.wait_message("serving on")
+        assert serve.metrics()["asm_proxy_config_file_unusable"][()] == 0
+        serve.config.unlink()
+        wait_for(
+            lambda: serve.metrics()["asm_proxy_config_file_unusable"][()] == 1, "unusable gauge"
+        )
+        m = serve.metrics()
+        assert m["asm_proxy_config_file_unusable_events_total"][()] == 1
+        assert serve.get("/readyz").status_code == 200  # the running config stays
+        serve.config.write_text("plugins: [{name: a, type: nope}]\n")
+        wait_for(
+            lambda: total(serve.metrics()["asm_proxy_config_reloads_total"], result="failed") == 1,
+            "a failed reload",
+        )
+        assert serve.metrics()["asm_proxy_config_file_unusable"][()] == 0
+    finally:
+        serve.close()
