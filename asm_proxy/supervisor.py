@@ -44,7 +44,8 @@ from typing import Any
 from asm_proxy import unix_sockets
 from asm_proxy.config import ConfigError, ServerSettings, decode_config, read_config_bytes
 from asm_proxy.loader import load_text
-from asm_proxy.reload import ConfigWatcher
+from asm_proxy.namespaces import NamespaceFiles, compose
+from asm_proxy.reload import SETTLE, ConfigWatcher
 from asm_proxy.stats import counters
 
 log = logging.getLogger("asm_proxy.supervisor")
@@ -230,7 +231,9 @@ class Supervisor:
         self.workers: list[WorkerHandle] = []
         self.addresses: list[str] = []
         self.restarts = 0
-        self._text = ""
+        self._main = ""  # the config file as last accepted
+        self._text = ""  # what the workers run: that, with the namespace files' plugins
+        self._namespaces: NamespaceFiles | None = None
         self._holder: socket.socket | None = None
         self._stopping = False
         self._watcher: ConfigWatcher | None = None
@@ -241,21 +244,34 @@ class Supervisor:
 
     # -- starting ------------------------------------------------------------------
 
-    def _read(self, data: bytes | None = None) -> tuple[str, ServerSettings, list[str]]:
+    def _read(self, data: bytes | None = None) -> tuple[str, str, ServerSettings, list[str]]:
         """Check the file (or `data`, its content as the watcher saw it settle) with the
-        same loader and messages as `validate`; raises ConfigError."""
+        same loader and messages as `validate`; raises ConfigError. Returns the file's
+        text, the config the workers run (with the namespace files' plugins, if any), its
+        settings and plugin names."""
         if data is None:
             data = read_config_bytes(self.config_path)
-        text = decode_config(self.config_path, data)
-        loaded = load_text(self.config_path, text)
+        main = decode_config(self.config_path, data)
+        loaded = load_text(self.config_path, main)
         for warning in loaded.warnings:
             log.warning("%s", warning)
-        return text, loaded.settings, [e.name for e in loaded.chain.entries]
+        namespaces = loaded.settings.namespaces
+        if namespaces is None:
+            self._namespaces = None
+            return main, main, loaded.settings, [e.name for e in loaded.chain.entries]
+        files = self._namespaces
+        if files is None or files.settings != namespaces:
+            files = NamespaceFiles(namespaces, self.config_path)
+            files.load()  # a refused file is logged, and its namespace fails closed
+        text = compose(main, files.entries())
+        composed = load_text(self.config_path, text)
+        self._namespaces = files
+        return main, text, loaded.settings, [e.name for e in composed.chain.entries]
 
     async def start(self) -> None:
         """Check the config and the address, start every worker; raises ConfigError or
         OSError (nothing left running) if that cannot be done."""
-        self._text, self.settings, names = self._read()
+        self._main, self._text, self.settings, names = self._read()
         listen = self._listen or self.settings.listen
         count = self._workers or self.settings.workers or default_workers()
         if not listen.startswith("unix:"):
@@ -287,9 +303,10 @@ class Supervisor:
                 self.config_path,
                 self.settings.reload_interval,
                 self.reload,
-                initial=self._text.encode(),
+                initial=self._main.encode(),
             )
             self._spawn_task(self._watcher.run())
+            self._spawn_task(self._watch_namespaces())
         log.info(
             "asm-proxy serving on %s with %d worker(s) (pids %s) and %d plugin(s): %s",
             ", ".join(dict.fromkeys(self.addresses)),
@@ -507,7 +524,7 @@ class Supervisor:
         to it (or none does)."""
         async with self._reload_lock:
             try:
-                text, settings, names = self._read(data)
+                main, text, settings, names = self._read(data)
             except ConfigError as exc:
                 counters.config_reload_failures += 1
                 log.error(
@@ -516,37 +533,80 @@ class Supervisor:
                     "\n".join(f"  {p}" for p in exc.problems),
                 )
                 return False
-            workers = [w for w in self.workers if w.alive]
-            replies = await asyncio.gather(
-                *(w.request({"op": "reload", "config": text}) for w in workers),
-                return_exceptions=True,
-            )
-            swapped = [w for w, r in zip(workers, replies, strict=True) if _ok(r)]
-            if len(swapped) < len(workers):
-                refused = [w.index for w in workers if w not in swapped]
-                log.error(
-                    "config %s refused: worker(s) %s could not start its plugins (see their "
-                    "log); the running chain stays",
-                    self.config_path,
-                    refused,
-                )
-                await asyncio.gather(
-                    *(w.request({"op": "reload", "config": self._text}) for w in swapped),
-                    return_exceptions=True,
-                )
-                counters.config_reload_failures += 1
+            if not await self._swap(text):
                 return False
             if settings.listen != self.settings.listen or settings.workers != self.settings.workers:
                 log.warning("listen and workers changes take effect on restart")
-            self._text, self.settings = text, settings
-            counters.config_reloads += 1
+            self._main, self.settings = main, settings
             log.info(
                 "config %s reloaded in %d worker(s): %s",
                 self.config_path,
-                len(workers),
+                len(self.workers),
                 ", ".join(names) or "no plugins",
             )
             return True
+
+    async def _swap(self, text: str) -> bool:
+        """Every live worker runs `text` (checked already), or none does."""
+        workers = [w for w in self.workers if w.alive]
+        replies = await asyncio.gather(
+            *(w.request({"op": "reload", "config": text}) for w in workers),
+            return_exceptions=True,
+        )
+        swapped = [w for w, r in zip(workers, replies, strict=True) if _ok(r)]
+        if len(swapped) < len(workers):
+            refused = [w.index for w in workers if w not in swapped]
+            log.error(
+                "config %s refused: worker(s) %s could not start its plugins (see their "
+                "log); the running chain stays",
+                self.config_path,
+                refused,
+            )
+            await asyncio.gather(
+                *(w.request({"op": "reload", "config": self._text}) for w in swapped),
+                return_exceptions=True,
+            )
+            counters.config_reload_failures += 1
+            return False
+        self._text = text
+        counters.config_reloads += 1
+        return True
+
+    async def _watch_namespaces(self) -> None:
+        """Poll the namespace directory; a changed file swaps in only its namespace."""
+        while True:
+            await asyncio.sleep(self.settings.reload_interval or 1.0)
+            files = self._namespaces
+            if files is None:
+                continue
+            try:
+                if await files.refresh(SETTLE):
+                    await self._reload_namespaces(files)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("namespace reload failed")
+
+    async def _reload_namespaces(self, files: NamespaceFiles) -> None:
+        async with self._reload_lock:
+            if files is not self._namespaces:
+                return  # the config file changed the directory meanwhile
+            text = compose(self._main, files.entries())
+            try:
+                loaded = load_text(self.config_path, text)
+            except ConfigError as exc:  # each file loaded alone; together they should too
+                counters.config_reload_failures += 1
+                log.error(
+                    "namespace plugins refused; the running chain stays:\n%s",
+                    "\n".join(f"  {p}" for p in exc.problems),
+                )
+                return
+            if await self._swap(text):
+                log.info(
+                    "namespace plugins reloaded in %d worker(s): %s",
+                    len(self.workers),
+                    ", ".join(e.name for e in loaded.chain.entries) or "no plugins",
+                )
 
     @property
     def stopping(self) -> bool:

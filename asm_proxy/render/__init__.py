@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from asm_proxy.loader import Loaded, load
+from asm_proxy.loader import Loaded
+from asm_proxy.namespaces import load_all
 from asm_proxy.render import envoy, istio
 from asm_proxy.render.needs import EnvoyNeeds, derive
 from asm_proxy.render.placement import ClientTls, Mode, Placement, placement
@@ -108,8 +109,12 @@ def render(loaded: Loaded, options: Options) -> dict[str, Any]:
     return {"envoy-fragment.yaml": fragment}
 
 
-def render_file(config: str | Path, options: Options) -> dict[str, Any]:
-    return render(load(config), options)
+def render_file(
+    config: str | Path, options: Options, namespace_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Render for `config` with its namespace files (from `namespace_dir` if given): what
+    Envoy is told covers the union of every namespace's plugins."""
+    return render(load_all(config, namespace_dir), options)
 
 
 def dump(objects: dict[str, Any]) -> str:

@@ -262,3 +262,43 @@ def test_rendered_envoy_carries_traffic(mode: str, tmp_path: Path, upstream: Ups
         assert all(count > 0 for count in by_worker.values()), by_worker
     finally:
         supervisor.stop()
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+NAMESPACE_FILES = DEPLOY / "components" / "namespaces" / "namespaces"
+
+
+@pytest.mark.parametrize("overlay", ["node", "central", "central-mtls"])
+def test_deploy_configs_render_with_their_namespace_files(
+    overlay: str, tmp_path: Path, client_tls: ClientTls
+) -> None:
+    """The shared modes' configs as deploy/ ships them, with the namespace files beside
+    (`--namespace-dir`, as docs/DEPLOYMENT.md shows): what Envoy is told covers every
+    namespace's plugins, and the real Envoy loads it."""
+    config = DEPLOY / "overlays" / overlay / "config.yaml"
+    if overlay == "central-mtls":  # its certificate files, as the pod would have them
+        ca = CertificateAuthority(tmp_path / "ca")
+        served = ca.issue("serving", dns=["asm-proxy.asm-proxy.svc"], client=False)
+        text = config.read_text()
+        for name, path in (("tls.crt", served.cert), ("tls.key", served.key)):
+            text = text.replace(f"/etc/asm-proxy/tls/{name}", str(path))
+        config = tmp_path / "config.yaml"
+        config.write_text(text.replace("/etc/asm-proxy/tls/ca.crt", str(ca.cert_path)))
+    mode = "central" if overlay.startswith("central") else overlay
+    boot = render_file(
+        config,
+        Options(mode=mode, target="envoy", client_tls=client_tls, bootstrap=True),  # type: ignore[arg-type]
+        NAMESPACE_FILES,
+    )["envoy.yaml"]
+    validate_config(boot)
+    istio = render_file(config, Options(mode=mode, target="istio"), NAMESPACE_FILES)  # type: ignore[arg-type]
+    envoy_filter = istio["envoyfilter.yaml"]
+    check_istio_object(envoy_filter)
+    # One asm-proxy for every namespace: the EnvoyFilter sits in the root namespace.
+    assert envoy_filter["metadata"]["namespace"] == "istio-system"
+    filters = [
+        p["patch"]["value"]
+        for p in envoy_filter["spec"]["configPatches"]
+        if p["applyTo"] == "HTTP_FILTER"
+    ]
+    assert [f["name"] for f in filters] == ["envoy.filters.http.ext_proc"]
