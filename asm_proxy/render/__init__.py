@@ -53,7 +53,10 @@ class Options:
 
 def _placement(loaded: Loaded, options: Options) -> Placement:
     listen = loaded.settings.listen
-    if options.mode == "central":
+    tcp_node = options.mode == "node" and options.socket is None and not listen.startswith("unix:")
+    if options.mode == "central" or tcp_node:
+        # Node mode over TCP reaches the node's own replica through the Service with
+        # internalTrafficPolicy: Local (deploy/overlays/node/service.yaml), as central does.
         port = options.port
         if port is None:
             if listen.startswith("unix:"):
@@ -70,6 +73,13 @@ def _placement(loaded: Loaded, options: Options) -> Placement:
             tls=options.client_tls,
             namespace=options.namespace or "",
         )
+        if tcp_node:
+            if loaded.settings.tls is None:
+                raise RenderError(
+                    f"node mode over TCP ({listen}) needs `tls:` in the config: on TCP, "
+                    "a caller's identity is its client certificate (or use a Unix socket)"
+                )
+            where = replace(where, mode="node")
         if options.addresses:
             where = replace(where, endpoints=tuple(options.addresses))
         return where
