@@ -47,6 +47,8 @@ from asm_proxy.plugin import FailStrategy, Phase
 from asm_proxy.sizes import Size
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+#: A plugin from a namespace file runs as `NAMESPACE/NAME` (see asm_proxy.namespaces).
+_SCOPED_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/(?P<name>.+)$")
 
 
 class Model(BaseModel):
@@ -216,7 +218,8 @@ class PluginEntry(Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        scoped = _SCOPED_NAME.match(value)
+        if not _NAME.match(scoped["name"] if scoped else value):
             raise ValueError(
                 f"name {value!r}: use lower-case letters, digits, '-', '_' and '.' (at most 63)"
             )
@@ -296,6 +299,16 @@ class AdminSettings(Model):
         return self
 
 
+class NamespaceSettings(Model):
+    """Plugin files per namespace, for an asm-proxy that serves many teams (node and central
+    mode): `DIRECTORY/NAMESPACE.yaml` holds `plugins:` that apply only to workloads proven to
+    be in NAMESPACE; the root namespace's file applies to every workload, as Istio treats
+    EnvoyFilters in its root namespace. A relative directory is read from the config file's."""
+
+    directory: str
+    root_namespace: str = "istio-system"
+
+
 def _octal(value: Any) -> Any:
     """File permissions as YAML writes them: "0660" (a string) or 0660 (an octal int)."""
     if isinstance(value, str):
@@ -370,6 +383,8 @@ class ServerSettings(Model):
     #: streams in flight (up to drainTimeout) and exits.
     max_streams_per_worker: int = 0
     max_worker_rss: Size = 0
+    #: Per-namespace plugin files (see NamespaceSettings); read by `serve` and `validate`.
+    namespaces: NamespaceSettings | None = None
 
     @property
     def proves_peers(self) -> bool:

@@ -55,7 +55,8 @@ from asm_proxy.config import (
 from asm_proxy.config_dump import describe_plugins, dump_config
 from asm_proxy.loader import Loaded, load_text
 from asm_proxy.metrics.exposition import Merged, Totals
-from asm_proxy.reload import ConfigWatcher
+from asm_proxy.namespaces import NamespaceFiles, compose
+from asm_proxy.reload import SETTLE, ConfigWatcher
 from asm_proxy.stats import counters
 
 log = logging.getLogger("asm_proxy.supervisor")
@@ -253,7 +254,9 @@ class Supervisor:
         self.workers: list[WorkerHandle] = []
         self.addresses: list[str] = []
         self.restarts = 0
-        self._text = ""
+        self._main = ""  # the config file as last accepted
+        self._text = ""  # what the workers run: that, with the namespace files' plugins
+        self._namespaces: NamespaceFiles | None = None
         self._holder: socket.socket | None = None
         self._stopping = False
         self._watcher: ConfigWatcher | None = None
@@ -276,16 +279,29 @@ class Supervisor:
 
     # -- starting ------------------------------------------------------------------
 
-    def _read(self, data: bytes | None = None) -> tuple[str, Loaded]:
+    def _read(self, data: bytes | None = None) -> tuple[str, str, Loaded]:
         """Check the file (or `data`, its content as the watcher saw it settle) with the
-        same loader and messages as `validate`; raises ConfigError."""
+        same loader and messages as `validate`; raises ConfigError. Returns the file's
+        text, and the config the workers run (with the namespace files' plugins, if any)
+        as text and loaded."""
         if data is None:
             data = read_config_bytes(self.config_path)
-        text = decode_config(self.config_path, data)
-        loaded = load_text(self.config_path, text)
+        main = decode_config(self.config_path, data)
+        loaded = load_text(self.config_path, main)
         for warning in loaded.warnings:
             log.warning("%s", warning)
-        return text, loaded
+        namespaces = loaded.settings.namespaces
+        if namespaces is None:
+            self._namespaces = None
+            return main, main, loaded
+        files = self._namespaces
+        if files is None or files.settings != namespaces:
+            files = NamespaceFiles(namespaces, self.config_path)
+            files.load()  # a refused file is logged, and its namespace fails closed
+        text = compose(main, files.entries())
+        composed = load_text(self.config_path, text)
+        self._namespaces = files
+        return main, text, composed
 
     def _running(self, text: str, loaded: Loaded) -> None:
         """Remember what the workers now run, for /config_dump, /plugins and metrics."""
@@ -298,7 +314,7 @@ class Supervisor:
     async def start(self) -> None:
         """Check the config and the address, start every worker; raises ConfigError or
         OSError (nothing left running) if that cannot be done."""
-        text, loaded = self._read()
+        self._main, text, loaded = self._read()
         self._running(text, loaded)
         names = [e.name for e in loaded.chain.entries]
         listen = self._listen or self.settings.listen
@@ -339,9 +355,10 @@ class Supervisor:
                 self.config_path,
                 self.settings.reload_interval,
                 self.reload,
-                initial=self._text.encode(),
+                initial=self._main.encode(),
             )
             self._spawn_task(self._watcher.run())
+            self._spawn_task(self._watch_namespaces())
         log.info(
             "asm-proxy serving on %s with %d worker(s) (pids %s) and %d plugin(s): %s",
             ", ".join(dict.fromkeys(self.addresses)),
@@ -562,7 +579,7 @@ class Supervisor:
         to it (or none does)."""
         async with self._reload_lock:
             try:
-                text, loaded = self._read(data)
+                main, text, loaded = self._read(data)
             except ConfigError as exc:
                 counters.config_reload_failures += 1
                 log.error(
@@ -573,41 +590,86 @@ class Supervisor:
                 return False
             settings = loaded.settings
             names = [e.name for e in loaded.chain.entries]
-            workers = [w for w in self.workers if w.alive]
-            replies = await asyncio.gather(
-                *(w.request({"op": "reload", "config": text}) for w in workers),
-                return_exceptions=True,
-            )
-            swapped = [w for w, r in zip(workers, replies, strict=True) if _ok(r)]
-            if len(swapped) < len(workers):
-                refused = [w.index for w in workers if w not in swapped]
-                log.error(
-                    "config %s refused: worker(s) %s could not start its plugins (see their "
-                    "log); the running chain stays",
-                    self.config_path,
-                    refused,
-                )
-                await asyncio.gather(
-                    *(w.request({"op": "reload", "config": self._text}) for w in swapped),
-                    return_exceptions=True,
-                )
-                counters.config_reload_failures += 1
+            if not await self._swap(text):
                 return False
             if settings.listen != self.settings.listen or settings.workers != self.settings.workers:
                 log.warning("listen and workers changes take effect on restart")
             if settings.admin != self.settings.admin:
                 log.warning("admin changes take effect on restart")
+            self._main = main
             self._running(text, loaded)
-            counters.config_reloads += 1
             if self.owns_logging:
                 logs.setup(settings.log_format, settings.log_level)
             log.info(
                 "config %s reloaded in %d worker(s): %s",
                 self.config_path,
-                len(workers),
+                len(self.workers),
                 ", ".join(names) or "no plugins",
             )
             return True
+
+    async def _swap(self, text: str) -> bool:
+        """Every live worker runs `text` (checked already), or none does."""
+        workers = [w for w in self.workers if w.alive]
+        replies = await asyncio.gather(
+            *(w.request({"op": "reload", "config": text}) for w in workers),
+            return_exceptions=True,
+        )
+        swapped = [w for w, r in zip(workers, replies, strict=True) if _ok(r)]
+        if len(swapped) < len(workers):
+            refused = [w.index for w in workers if w not in swapped]
+            log.error(
+                "config %s refused: worker(s) %s could not start its plugins (see their "
+                "log); the running chain stays",
+                self.config_path,
+                refused,
+            )
+            await asyncio.gather(
+                *(w.request({"op": "reload", "config": self._text}) for w in swapped),
+                return_exceptions=True,
+            )
+            counters.config_reload_failures += 1
+            return False
+        self._text = text
+        counters.config_reloads += 1
+        return True
+
+    async def _watch_namespaces(self) -> None:
+        """Poll the namespace directory; a changed file swaps in only its namespace."""
+        while True:
+            await asyncio.sleep(self.settings.reload_interval or 1.0)
+            files = self._namespaces
+            if files is None:
+                continue
+            try:
+                if await files.refresh(SETTLE):
+                    await self._reload_namespaces(files)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("namespace reload failed")
+
+    async def _reload_namespaces(self, files: NamespaceFiles) -> None:
+        async with self._reload_lock:
+            if files is not self._namespaces:
+                return  # the config file changed the directory meanwhile
+            text = compose(self._main, files.entries())
+            try:
+                loaded = load_text(self.config_path, text)
+            except ConfigError as exc:  # each file loaded alone; together they should too
+                counters.config_reload_failures += 1
+                log.error(
+                    "namespace plugins refused; the running chain stays:\n%s",
+                    "\n".join(f"  {p}" for p in exc.problems),
+                )
+                return
+            if await self._swap(text):
+                self._running(text, loaded)
+                log.info(
+                    "namespace plugins reloaded in %d worker(s): %s",
+                    len(self.workers),
+                    ", ".join(e.name for e in loaded.chain.entries) or "no plugins",
+                )
 
     @property
     def stopping(self) -> bool:
