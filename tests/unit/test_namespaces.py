@@ -18,6 +18,7 @@ from asm_proxy.namespaces import (
     listing,
     load_all,
 )
+from asm_proxy.testing import PluginHost
 
 ROOT = "istio-system"
 GOOD = """
@@ -177,8 +178,6 @@ def test_a_removed_file_removes_its_namespace_and_an_unreadable_one_keeps_it(
 
 
 def test_the_guard_refuses_with_503(tmp_path: Path) -> None:
-    from asm_proxy.testing import PluginHost
-
     host = PluginHost.from_yaml(
         f"""
 plugins:
@@ -230,3 +229,32 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def test_selection_tests_only_a_workloads_own_namespace_and_unconfined_plugins(
+    tmp_path: Path,
+) -> None:
+    """Chain selection by namespace index gives the same plugins as testing every one."""
+    files = {
+        ns: check_file(
+            tmp_path / f"{ns}.yaml", ns, GOOD.replace("x-team: a", f"x-team: {ns}"), root=ROOT
+        )
+        for ns in ("team-a", "team-b", ROOT)
+    }
+    main = "plugins:\n  - {name: all, type: headers, config: {request: {set: {x-all: '1'}}}}\n"
+    host = PluginHost.from_yaml(compose(main, files))
+    cases = {
+        ("team-a", "helloworld"): {"x-all": "1", "x-team": "team-a"},
+        ("team-b", "helloworld"): {"x-all": "1", "x-team": "team-b"},
+        ("team-b", "other"): {"x-all": "1"},
+        ("team-c", "helloworld"): {"x-all": "1", "x-team": ROOT},
+    }
+    for (namespace, app), want in cases.items():
+        step = host.new_exchange().request_headers(
+            attributes={
+                "xds.node.metadata.NAMESPACE": namespace,
+                "xds.node.metadata.LABELS['app']": app,
+            }
+        )
+        got = {k: step.headers.get(k) for k in ("x-all", "x-team") if step.headers.get(k)}
+        assert got == want, (namespace, app)
