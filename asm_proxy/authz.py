@@ -16,13 +16,15 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from asm_proxy import codec, faults
+from asm_proxy import codec, faults, observe
 from asm_proxy.chain import run_hooks
 from asm_proxy.envoy_headers import decode_header_map, encode_value
 from asm_proxy.events import REQUEST_BODY, REQUEST_HEADERS
 from asm_proxy.exchange import Exchange
 from asm_proxy.headers import HeaderAction, HeaderOp, Headers, adopt, take_ops
 from asm_proxy.identity import Workload
+from asm_proxy.logs import bind_exchange
+from asm_proxy.observe import EXT_AUTHZ, StreamEnd
 from asm_proxy.plugin import Respond
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
@@ -217,6 +219,9 @@ class AuthorizationServicer:
         settings = state.settings
         chain.acquire()
         counters.authz_checks += 1
+        watching = observe.stream_started(EXT_AUTHZ) if observe.stream_observers else None
+        x: Exchange | None = None
+        end = StreamEnd.CANCELLED  # unless it gets further
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + settings.deadline
@@ -226,8 +231,10 @@ class AuthorizationServicer:
                 log.warning("Check refused: %s", conflict)
                 counters.identity_refusals += 1
                 refusal = Respond(403, body="workload identity mismatch\n")
+                end = StreamEnd.DENIED
                 return denied(refusal, None)
             x = exchange_of_check(request, proven)
+            bind_exchange(x)
             plan = chain.select(x, authz_only=True)
             outcome: Respond | None = None
             hooks = plan.hooks[REQUEST_HEADERS]
@@ -240,9 +247,13 @@ class AuthorizationServicer:
             metadata = _metadata_struct(x, settings.metadata_namespace)
             if outcome is not None:
                 counters.authz_denied += 1
+                x.immediate_status = outcome.status
+                end = StreamEnd.DENIED
                 return denied(outcome, metadata)
+            end = StreamEnd.ALLOWED
             return allowed(x, metadata)
         except Exception as exc:
+            end = StreamEnd.INTERNAL_ERROR
             faults.internal_fault("ext_authz Check", exc)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "asm-proxy internal error during Check; see its log"
@@ -250,3 +261,5 @@ class AuthorizationServicer:
             raise  # abort() raises; this line is never reached
         finally:
             chain.release()
+            if watching is not None:
+                observe.stream_ended(watching, EXT_AUTHZ, x, end)

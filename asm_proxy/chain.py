@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asm_proxy import observe
 from asm_proxy.config import Selector
@@ -25,6 +25,9 @@ from asm_proxy.matching import PathMatch, RequestPredicate, WorkloadPredicate
 from asm_proxy.observe import Outcome
 from asm_proxy.plugin import BodyAccess, FailStrategy, Phase, Plugin, Respond
 from asm_proxy.stats import counters
+
+if TYPE_CHECKING:
+    from asm_proxy.metrics.serving import HookMeter
 
 log = logging.getLogger("asm_proxy.chain")
 
@@ -41,6 +44,7 @@ class Entry:
         "fail_open",
         "index",
         "matches",
+        "meter",
         "name",
         "phase",
         "plugin",
@@ -80,6 +84,8 @@ class Entry:
         self.selector = selector
         self._last_log = 0.0
         self._suppressed = 0
+        #: Its hook metrics' cells (asm_proxy.metrics.serving), set when the chain is bound.
+        self.meter: HookMeter | None = None
 
     @property
     def fail_strategy(self) -> FailStrategy:
@@ -100,7 +106,9 @@ class Entry:
             what,
             strategy,
             more,
-            exc_info=exc is not None and not isinstance(exc, TimeoutError),
+            # The exception itself: report() runs after its except block has ended.
+            exc_info=exc if exc is not None and not isinstance(exc, TimeoutError) else None,
+            extra={"plugin": self.name},
         )
 
     def __repr__(self) -> str:

@@ -12,11 +12,10 @@ from asm_proxy.config import ConfigError, read_config_text
 
 
 def _setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from asm_proxy.logs import setup
+
+    # serve sets the config's format and level once it has read the file.
+    setup("auto", level)
 
 
 def _validate(paths: list[str], namespace: str | None, root: str, directory: str | None) -> int:
@@ -44,11 +43,11 @@ def _validate(paths: list[str], namespace: str | None, root: str, directory: str
     return status
 
 
-def _serve(config: str, listen: str | None, workers: int | None) -> int:
+def _serve(config: str, listen: str | None, workers: int | None, admin: str | None) -> int:
     from asm_proxy.supervisor import supervise
 
     try:
-        asyncio.run(supervise(config, listen, workers))
+        asyncio.run(supervise(config, listen, workers, admin))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -188,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         help="worker processes (overrides the file; default: one per core). With a Unix "
         "socket and more than one worker, worker i listens on PATH.i",
     )
+    p_serve.add_argument(
+        "--admin",
+        help="HOST:PORT of the HTTP admin endpoint (/metrics /healthz /readyz /config_dump "
+        "/plugins; overrides the file's admin.listen; loopback unless the file allows more)",
+    )
     p_validate = sub.add_parser("validate", help="check config files; exit 1 if any is bad")
     p_validate.add_argument("files", nargs="+")
     p_validate.add_argument(
@@ -279,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return _health(args.address, args.service, args.timeout)
     _setup_logging()
     if args.command == "serve":
-        return _serve(args.config, args.listen, args.workers)
+        return _serve(args.config, args.listen, args.workers, args.admin)
     if args.command == "demo":
         try:
             from asm_proxy.demo import run_demo

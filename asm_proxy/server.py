@@ -18,11 +18,14 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from asm_proxy import faults, offload, unix_sockets
+from asm_proxy import faults, logs, observe, offload, unix_sockets
 from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings, decode_config
 from asm_proxy.loader import Loaded, load, load_text
+from asm_proxy.metrics.serving import bind_chain, forget_plugins, record
+from asm_proxy.metrics.store import REGISTRY, Registry
+from asm_proxy.observe import EXT_PROC, StreamEnd
 from asm_proxy.reload import ConfigWatcher
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
@@ -86,18 +89,25 @@ class ExternalProcessorServicer:
         chain = state.chain
         chain.acquire()
         counters.streams_started += 1
+        watching = observe.stream_started(EXT_PROC) if observe.stream_observers else None
+        stream: Stream | None = None
+        end = StreamEnd.CANCELLED
         try:
             settings = state.settings
             peer = proven_peer(context, settings) if settings.proves_peers else None
             stream = Stream(chain, settings, peer=peer)
             read, write, eof = context.read, context.write, grpc.aio.EOF
             while True:
+                # Envoy resets a stream it needs no more instead of closing it: cancelled
+                # while waiting here, the exchange is complete (nothing was left unanswered).
+                end = StreamEnd.COMPLETE
                 try:
                     msg = await read()
                 except DecodeError as exc:  # grpc decodes as the message is read
                     raise _Undecodable(_not_a(EXT_PROC_REQUEST, exc)) from None
                 if msg is eof:
                     return
+                end = StreamEnd.CANCELLED
                 reply = await stream.handle(msg)
                 if reply is None:
                     continue
@@ -108,10 +118,13 @@ class ExternalProcessorServicer:
                     await write(reply)
                 if stream.closing:
                     counters.streams_closed_early += 1
+                    end = StreamEnd.CLOSED_EARLY
                     return  # nothing more is needed: end the stream (status OK)
         except ProtocolError as exc:
+            end = StreamEnd.PROTOCOL_ERROR
             await _client_fault(context, "ext_proc stream", exc.code, exc.message)
         except _Undecodable as exc:
+            end = StreamEnd.PROTOCOL_ERROR
             await _client_fault(
                 context, "ext_proc stream", grpc.StatusCode.INVALID_ARGUMENT, str(exc)
             )
@@ -124,6 +137,7 @@ class ExternalProcessorServicer:
             raise
         except Exception as exc:
             counters.streams_aborted += 1
+            end = StreamEnd.INTERNAL_ERROR
             faults.internal_fault("ext_proc stream", exc)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "asm-proxy internal error on this stream; see its log"
@@ -131,6 +145,9 @@ class ExternalProcessorServicer:
         finally:
             counters.streams_finished += 1
             chain.release()
+            if watching is not None:
+                exchange = stream.exchange if stream is not None else None
+                observe.stream_ended(watching, EXT_PROC, exchange, end)
 
 
 def _add_services(server: grpc.aio.Server, state: ServerState) -> None:
@@ -197,6 +214,20 @@ def grpc_options(settings: ServerSettings, *, reuse_port: bool = False) -> list[
     ]
 
 
+def _tracing_asked() -> bool:
+    """Whether the OTEL_* environment asks for traces (asm_proxy.tracing)."""
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
+    disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    return exporter not in ("", "none") and not disabled
+
+
+def _bind(settings: ServerSettings, chain: Chain, registry: Registry) -> None:
+    """Bind `chain`'s entries and plugins to `registry`, if the server records metrics
+    (ValueError if a plugin's metric clashes with one already declared)."""
+    if settings.metrics:
+        bind_chain(chain, registry)
+
+
 class Server:
     """asm-proxy's gRPC server; `await start()`, then `await stop()`."""
 
@@ -208,8 +239,12 @@ class Server:
         reuse_port: bool = False,
         watch: bool = True,
         quiet: bool = False,
+        registry: Registry = REGISTRY,
     ) -> None:
         self.state = ServerState(loaded.settings, loaded.chain)
+        #: Where the plugins' metrics and their hooks' go (the process's, which a worker
+        #: reports; a test may give a server its own).
+        self.registry = registry
         self.config_path = Path(config_path) if config_path is not None else None
         self.reuse_port = reuse_port
         self.watch = watch  # False: reloads come from outside (the supervisor)
@@ -222,6 +257,7 @@ class Server:
         self.address = ""
         self.port = 0
         self.certificates: CertificateFiles | None = None
+        self._recording = False
 
     @property
     def settings(self) -> ServerSettings:
@@ -238,6 +274,14 @@ class Server:
         address = listen or self.settings.listen
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
         _quiet_grpc_resets()
+        self.state.on_retired = self._retired
+        logs.decision_log = self.settings.decision_log
+        _bind(self.settings, self.state.chain, self.registry)
+        self._record(self.settings.metrics)
+        if _tracing_asked():
+            from asm_proxy import tracing  # the OpenTelemetry SDK: ~60 ms to import
+
+            tracing.configure_once()
         await self.state.chain.start()
         server = grpc.aio.server(options=grpc_options(self.settings, reuse_port=self.reuse_port))
         _add_services(server, self.state)
@@ -316,6 +360,12 @@ class Server:
         except ConfigError as exc:
             return self._refused(exc)
         try:
+            _bind(loaded.settings, loaded.chain, self.registry)
+        except ValueError as exc:  # a plugin's metric clashes with one already declared
+            counters.config_reload_failures += 1
+            log.error("config %s refused: %s", self.config_path, exc)
+            return False
+        try:
             await loaded.chain.start()
         except Exception as exc:
             counters.config_reload_failures += 1
@@ -325,6 +375,8 @@ class Server:
         if loaded.settings.listen != self.settings.listen:
             log.warning("listen changed to %s; it takes effect on restart", loaded.settings.listen)
         self.state.install(loaded.settings, loaded.chain)
+        self._record(loaded.settings.metrics)
+        logs.decision_log = loaded.settings.decision_log
         offload.configure(loaded.settings.offload_processes, loaded.settings.offload_threshold)
         counters.config_reloads += 1
         self._info(
@@ -333,6 +385,16 @@ class Server:
             ", ".join(e.name for e in loaded.chain.entries) or "no plugins",
         )
         return True
+
+    def _record(self, on: bool) -> None:
+        """Record metrics while this server runs with `metrics: true`."""
+        if on != self._recording:
+            self._recording = on
+            record(on)
+
+    def _retired(self, chain: Chain) -> None:
+        """A replaced chain has ended: its plugins' series go unless still configured."""
+        forget_plugins((e.name for e in self.state.chain.entries), self.registry)
 
     def poke_reload(self) -> None:
         if self._watcher is not None:
@@ -367,6 +429,7 @@ class Server:
             await self._server.stop(grace)
         await self.state.chain.close()
         await offload.close_pool()
+        self._record(False)
         if self._socket is not None:
             unix_sockets.release(*self._socket)  # unless a successor has taken the path
 

@@ -7,7 +7,7 @@ reported as skipped with the reason, never failed; the configs follow docs/plugi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -45,8 +45,10 @@ class Scenario:
     ext_authz: ExtAuthz | None = None
     needs: tuple[str, ...] = ()  # plugin types that must be installed
     workers: int | None = None
-    group: str = "main"  # main, body, chain, workers
+    group: str = "main"  # main, body, chain, workers, observability
     x: float | None = None  # the sweep's variable
+    #: Environment of the asm-proxy processes (OTEL_* for the tracing scenarios).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def on_demand() -> ExtProc:

@@ -301,6 +301,12 @@ class BodyLogPlugin(Plugin):
         if config.response:
             hooks |= {Event.RESPONSE_BODY_CHUNK, Event.RESPONSE_TRAILERS}
         self.hooks = frozenset(hooks)
+        self.bodies = self.counter(
+            "body_log_bodies_total",
+            "Bodies seen, by direction and what was logged: logged (whole), truncated (the "
+            "first maxBytes), or why it was omitted (binary, too_large_to_redact, ...)",
+            labels=["direction", "result"],
+        )
 
     # -- what to keep --------------------------------------------------------------------
 
@@ -502,6 +508,8 @@ class BodyLogPlugin(Plugin):
         result = self.render(side, complete)
         exchange: Exchange = http.state
         exchange.result[direction] = result
+        outcome = result.get("omitted") or ("truncated" if result["truncated"] else "logged")
+        self.bodies.labels(direction, outcome).inc()
         if not self.config.metadata:
             return
         prefix = direction + "_body"

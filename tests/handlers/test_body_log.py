@@ -189,6 +189,8 @@ class TestBodies:
         assert "request_body" not in r.metadata
         assert r.metadata["request_body_omitted"] == "too_large_to_redact"
         assert r.metadata["request_body_bytes"] == len(doc)
+        bodies = "asm_proxy_plugin_body_log_bodies_total"
+        assert host.metric(bodies, direction="request", result="too_large_to_redact") == 1
 
     def test_invalid_json_is_not_logged(self) -> None:
         """Declared JSON that does not parse might hide anything: not logged."""
@@ -422,6 +424,9 @@ class TestCost:
         (step,) = host.request_body(b"", end_of_stream=True)
         md = step.metadata["asm-proxy"]
         assert (md["request_body"], md["request_body_bytes"]) == ("x" * 100, 200_000)
+        bodies = "asm_proxy_plugin_body_log_bodies_total"
+        assert host.metric(bodies, direction="request", result="truncated") == 1
+        assert host.metric(bodies, result="logged") == 0
 
 
 class TestConfig:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from asm_proxy.loader import load
+from asm_proxy.metrics import Registry
 from asm_proxy.server import Server
 from asm_proxy.upstream import EchoUpstream
 
@@ -42,7 +43,11 @@ class ServerThread:
         self.config_path = Path(config_path)
         self._bg = BackgroundLoop("asm-proxy-server")
         loaded = load(self.config_path)
-        self.server = Server(loaded, config_path=self.config_path if watch else None)
+        #: This server's plugin and hook metrics, apart from other tests' servers.
+        self.metrics = Registry()
+        self.server = Server(
+            loaded, config_path=self.config_path if watch else None, registry=self.metrics
+        )
         self._bg.call(self.server.start(listen))
 
     @property
