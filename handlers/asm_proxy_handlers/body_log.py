@@ -29,8 +29,8 @@ Envoy's access log format prints it. Once the exchange is over it also logs one 
 
 Redaction: JSON bodies (`*/json`, `*/*+json`) and form bodies
 (`application/x-www-form-urlencoded`) have the value of every key that contains one of
-`redactKeys` (case, `-` and `_` ignored; nested objects and arrays too) replaced with
-"[REDACTED]". That needs the whole document: a JSON or form body larger than `redactLimit`,
+`redactKeys` (case, `-` and `_` ignored; nested objects and arrays too, and JSON held in
+a string value) replaced with "[REDACTED]". That needs the whole document: a JSON or form body larger than `redactLimit`,
 or one that did not arrive whole, is not logged at all (`<dir>_body_omitted`), never a
 prefix that might hold a secret. The redacted text is then capped at maxBytes. Query
 parameters in the logged path are redacted the same way. Other text bodies are logged as
@@ -176,12 +176,25 @@ class Redactor:
         return known
 
     def json(self, value: Any) -> Any:
-        """A copy of a parsed JSON document with sensitive keys' values redacted."""
+        """A copy of a parsed JSON document with sensitive keys' values redacted, also in
+        JSON carried inside a string (an API that echoes or wraps a request as text)."""
         if isinstance(value, dict):
             return {k: REDACTED if self.sensitive(k) else self.json(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.json(v) for v in value]
+        if isinstance(value, str) and value.lstrip().startswith(("{", "[")):
+            return self._embedded(value)
         return value
+
+    def _embedded(self, text: str) -> str:
+        try:
+            inner = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return text
+        if not isinstance(inner, dict | list):
+            return text
+        redacted = self.json(inner)
+        return text if redacted == inner else orjson.dumps(redacted).decode("utf-8")
 
     def form(self, text: str) -> str:
         """`a=1&password=x` -> `a=1&password=[REDACTED]`; the rest stays as written."""

@@ -172,6 +172,27 @@ class TestBodies:
         assert r.metadata["request_body_bytes"] == len(body)
         assert r.request_forwarded == body
 
+    def test_json_inside_a_string_is_redacted_too(self) -> None:
+        """An upstream that echoes the request as text (`{"body": "{\"password\": ...}"}`)
+        must not put the password in the log; other strings stay as they are."""
+        host = PluginHost(BodyLogPlugin, {})
+        echoed = orjson.dumps(
+            {
+                "body": LOGIN.decode(),
+                "list": [orjson.dumps([{"token": SECRET}]).decode()],
+                "text": "{not json",
+                "plain": "[1, 2]",
+            }
+        )
+        r = run(host, response=chunks(echoed, 9), response_headers=JSON)
+        assert r.response_forwarded == echoed
+        logged = r.metadata["response_body"]
+        assert SECRET not in logged
+        doc = orjson.loads(logged)
+        assert orjson.loads(doc["body"])["password"] == "[REDACTED]"
+        assert orjson.loads(doc["list"][0]) == [{"token": "[REDACTED]"}]
+        assert doc["text"] == "{not json" and doc["plain"] == "[1, 2]"
+
     def test_json_larger_than_max_bytes_is_redacted_then_cut(self) -> None:
         """A JSON body under redactLimit but over maxBytes: redacted whole, then cut."""
         host = PluginHost(BodyLogPlugin, {"maxBytes": 40})
