@@ -30,11 +30,12 @@ Envoy's access log format prints it. Once the exchange is over it also logs one 
 Redaction: JSON bodies (`*/json`, `*/*+json`) and form bodies
 (`application/x-www-form-urlencoded`) have the value of every key that contains one of
 `redactKeys` (case, `-` and `_` ignored; nested objects and arrays too, and JSON held in
-a string value) replaced with "[REDACTED]". That needs the whole document: a JSON or form body larger than `redactLimit`,
-or one that did not arrive whole, is not logged at all (`<dir>_body_omitted`), never a
-prefix that might hold a secret. The redacted text is then capped at maxBytes. Query
-parameters in the logged path are redacted the same way. Other text bodies are logged as
-they are: list only the content types whose bodies may be logged in clear.
+a string value) replaced with "[REDACTED]". That needs the whole document: a JSON or form
+body larger than `redactLimit`, or one that did not arrive whole, is not logged at all
+(`<dir>_body_omitted`), never a prefix that might hold a secret. The redacted text is then
+capped at maxBytes. Query parameters in the logged path are redacted the same way. Other
+text bodies are logged as they are: list only the content types whose bodies may be logged
+in clear.
 """
 
 from __future__ import annotations
