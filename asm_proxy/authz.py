@@ -13,10 +13,10 @@ import asyncio
 import logging
 from typing import Any
 
-import grpc
 from google.protobuf import struct_pb2
 
 from asm_proxy import codec
+from asm_proxy.caller import Caller
 from asm_proxy.chain import run_hooks
 from asm_proxy.envoy_headers import decode_header_map, encode_value
 from asm_proxy.events import REQUEST_BODY, REQUEST_HEADERS
@@ -205,48 +205,39 @@ def allowed(x: Exchange, metadata: struct_pb2.Struct | None) -> auth.CheckRespon
     return reply
 
 
-class AuthorizationServicer:
-    def __init__(self, state: ServerState) -> None:
-        self._state = state
-
-    async def Check(
-        self, request: auth.CheckRequest, context: grpc.aio.ServicerContext
-    ) -> auth.CheckResponse:
-        state = self._state
-        chain = state.chain
-        settings = state.settings
-        chain.acquire()
-        counters.authz_checks += 1
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + settings.deadline
-            proven = proven_peer(context, settings) if settings.proves_peers else None
-            conflict = identity_mismatch(workload_of_check(request), proven)
-            if conflict is not None:
-                log.warning("Check refused: %s", conflict)
-                counters.identity_refusals += 1
-                refusal = Respond(403, body="workload identity mismatch\n")
-                return denied(refusal, None)
-            x = exchange_of_check(request, proven)
-            plan = chain.select(x, authz_only=True)
-            outcome: Respond | None = None
-            hooks = plan.hooks[REQUEST_HEADERS]
-            if hooks:
-                outcome = await run_hooks(hooks, x, (), deadline)
-            hooks = plan.hooks[REQUEST_BODY]
-            if outcome is None and x.request.buffer().size and hooks:
-                outcome = await run_hooks(hooks, x, (), deadline)
-            x.undo.commit()
-            metadata = _metadata_struct(x, settings.metadata_namespace)
-            if outcome is not None:
-                counters.authz_denied += 1
-                return denied(outcome, metadata)
-            return allowed(x, metadata)
-        except Exception:
-            log.exception("ext_authz Check failed inside asm-proxy")
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "asm-proxy internal error during Check; see its log"
-            )
-            raise  # abort() raises; this line is never reached
-        finally:
-            chain.release()
+async def decide(
+    state: ServerState, request: auth.CheckRequest, caller: Caller
+) -> auth.CheckResponse:
+    """Run the AUTHN and AUTHZ plugins on a Check; the answer Envoy gets (a denial is an
+    answer, not an error). Raises only on asm-proxy's own failures."""
+    chain = state.chain
+    settings = state.settings
+    chain.acquire()
+    counters.authz_checks += 1
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.deadline
+        proven = proven_peer(caller, settings) if settings.proves_peers else None
+        conflict = identity_mismatch(workload_of_check(request), proven)
+        if conflict is not None:
+            log.warning("Check refused: %s", conflict)
+            counters.identity_refusals += 1
+            refusal = Respond(403, body="workload identity mismatch\n")
+            return denied(refusal, None)
+        x = exchange_of_check(request, proven)
+        plan = chain.select(x, authz_only=True)
+        outcome: Respond | None = None
+        hooks = plan.hooks[REQUEST_HEADERS]
+        if hooks:
+            outcome = await run_hooks(hooks, x, (), deadline)
+        hooks = plan.hooks[REQUEST_BODY]
+        if outcome is None and x.request.buffer().size and hooks:
+            outcome = await run_hooks(hooks, x, (), deadline)
+        x.undo.commit()
+        metadata = _metadata_struct(x, settings.metadata_namespace)
+        if outcome is not None:
+            counters.authz_denied += 1
+            return denied(outcome, metadata)
+        return allowed(x, metadata)
+    finally:
+        chain.release()

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from asm_proxy.config import ConfigError
+from asm_proxy.transport import NAMES
 
 
 def _setup_logging(level: str = "info") -> None:
@@ -37,11 +38,11 @@ def _validate(paths: list[str]) -> int:
     return status
 
 
-def _serve(config: str, listen: str | None, workers: int | None) -> int:
+def _serve(config: str, listen: str | None, workers: int | None, transport: str | None) -> int:
     from asm_proxy.supervisor import supervise
 
     try:
-        asyncio.run(supervise(config, listen, workers))
+        asyncio.run(supervise(config, listen, workers, transport))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -177,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--config", "-c", required=True, help="the YAML config file")
     p_serve.add_argument("--listen", help="HOST:PORT or unix:/path (overrides the file)")
     p_serve.add_argument(
+        "--transport",
+        choices=NAMES,
+        help="how calls are served: grpcio (grpc.aio) or nghttp2 (overrides the file)",
+    )
+    p_serve.add_argument(
         "--workers",
         type=_positive,
         help="worker processes (overrides the file; default: one per core). With a Unix "
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return _health(args.address, args.service, args.timeout)
     _setup_logging()
     if args.command == "serve":
-        return _serve(args.config, args.listen, args.workers)
+        return _serve(args.config, args.listen, args.workers, args.transport)
     if args.command == "demo":
         try:
             from asm_proxy.demo import run_demo

@@ -1,8 +1,10 @@
-"""The gRPC server: ExternalProcessor, Authorization and Health on one port.
+"""asm-proxy's server: ext_proc, ext_authz and health on one address, over one transport.
 
 `ServerState` (asm_proxy.state) holds the running settings and chain. A reload builds and
 starts a whole new chain first and swaps it in with one assignment; streams already running
 keep the chain they started with, and the old chain is closed when the last of them ends.
+What is served (`services.Services`) is the same on every transport (`transport/`):
+grpc.aio, or asm-proxy's own over libnghttp2.
 """
 
 from __future__ import annotations
@@ -14,136 +16,20 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Any
-
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from asm_proxy import offload
-from asm_proxy.authz import AuthorizationServicer
 from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings
+from asm_proxy.health import Health
 from asm_proxy.loader import Loaded, load, load_text
 from asm_proxy.reload import ConfigWatcher
+from asm_proxy.services import Services
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
-from asm_proxy.stream import ProtocolError, Stream
-from asm_proxy.tls import CertificateFiles, TlsError, proven_peer
-from asm_proxy.wire import (
-    AUTHZ_SERVICE,
-    EXT_PROC_SERVICE,
-    CheckRequest,
-    CheckResponse,
-    ProcessingRequest,
-    ProcessingResponse,
-)
+from asm_proxy.tls import CertificateFiles, TlsError
+from asm_proxy.transport import Transport, TransportUnavailable, create
 
 log = logging.getLogger("asm_proxy.server")
-
-
-class _ResetAfterLastAnswer(logging.Filter):
-    """grpc.aio logs an error with a traceback when a stream's final status cannot be sent
-    because the client has already reset the stream. asm-proxy ends a stream right after
-    its last answer, and Envoy may reset it as soon as it has that answer: expected and
-    harmless, so counted instead of logged."""
-
-    PREFIX = f"ExecuteBatchError raised in core by servicer method [/{EXT_PROC_SERVICE}/"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith(self.PREFIX):
-            counters.streams_reset_before_status += 1
-            return False
-        return True
-
-
-def _quiet_grpc_resets() -> None:
-    grpc_log = logging.getLogger("grpc._cython.cygrpc")
-    if not any(isinstance(f, _ResetAfterLastAnswer) for f in grpc_log.filters):
-        grpc_log.addFilter(_ResetAfterLastAnswer())
-
-
-class ExternalProcessorServicer:
-    def __init__(self, state: ServerState) -> None:
-        self._state = state
-
-    async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
-        state = self._state
-        chain = state.chain
-        chain.acquire()
-        counters.streams_started += 1
-        try:
-            settings = state.settings
-            peer = proven_peer(context, settings) if settings.proves_peers else None
-            stream = Stream(chain, settings, peer=peer)
-            read, write, eof = context.read, context.write, grpc.aio.EOF
-            while True:
-                msg = await read()
-                if msg is eof:
-                    return
-                reply = await stream.handle(msg)
-                if reply is None:
-                    continue
-                if type(reply) is list:
-                    for item in reply:
-                        await write(item)
-                else:
-                    await write(reply)
-                if stream.closing:
-                    counters.streams_closed_early += 1
-                    return  # nothing more is needed: end the stream (status OK)
-        except ProtocolError as exc:
-            counters.streams_aborted += 1
-            log.info("ext_proc stream ended: %s", exc.message)
-            await context.abort(exc.code, exc.message)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception:
-            counters.streams_aborted += 1
-            log.exception("ext_proc stream failed inside asm-proxy")
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "asm-proxy internal error on this stream; see its log"
-            )
-        finally:
-            counters.streams_finished += 1
-            chain.release()
-
-
-def _add_services(server: grpc.aio.Server, state: ServerState) -> None:
-    """Register ext_proc and ext_authz under Envoy's service names, with asm-proxy's own
-    message classes (asm_proxy.wire) doing the (de)serialization."""
-    server.add_registered_method_handlers(
-        EXT_PROC_SERVICE,
-        {
-            "Process": grpc.stream_stream_rpc_method_handler(
-                ExternalProcessorServicer(state).Process,
-                request_deserializer=ProcessingRequest.FromString,
-                response_serializer=ProcessingResponse.SerializeToString,
-            )
-        },
-    )
-    server.add_registered_method_handlers(
-        AUTHZ_SERVICE,
-        {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                AuthorizationServicer(state).Check,
-                request_deserializer=CheckRequest.FromString,
-                response_serializer=CheckResponse.SerializeToString,
-            )
-        },
-    )
-
-
-def grpc_options(settings: ServerSettings, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        # A lone server owns its port: a second server on it must fail, not share silently.
-        # Workers share theirs on purpose; the supervisor checks the port is free first.
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
-        # Envoy keeps its gRPC connection open between requests; let it ping an idle one.
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ]
 
 
 def _prepare_unix_socket(address: str) -> None:
@@ -170,7 +56,7 @@ def unix_socket_in_use(path: Path) -> bool:
 
 
 class Server:
-    """asm-proxy's gRPC server; `await start()`, then `await stop()`."""
+    """asm-proxy's server; `await start()`, then `await stop()`."""
 
     def __init__(
         self,
@@ -180,14 +66,18 @@ class Server:
         reuse_port: bool = False,
         watch: bool = True,
         quiet: bool = False,
+        transport: str | None = None,
     ) -> None:
         self.state = ServerState(loaded.settings, loaded.chain)
         self.config_path = Path(config_path) if config_path is not None else None
         self.reuse_port = reuse_port
         self.watch = watch  # False: reloads come from outside (the supervisor)
         self._info = log.debug if quiet else log.info  # a worker: the supervisor tells
-        self.health = health.aio.HealthServicer()
-        self._server: grpc.aio.Server | None = None
+        self.health = Health()
+        self.services = Services(self.state, self.health)
+        #: The transport's name: the argument, else the config's `transport`.
+        self.transport_name = transport or loaded.settings.transport
+        self._transport: Transport | None = None
         self._watcher: ConfigWatcher | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.address = ""
@@ -202,47 +92,48 @@ class Server:
     def chain(self) -> Chain:
         return self.state.chain
 
-    async def start(self, listen: str | None = None) -> None:
+    async def start(self, listen: str | None = None, *, sock: socket.socket | None = None) -> None:
+        """Serve on `listen` (default: the config's), or accept on `sock`, a listening
+        socket made by the supervisor for `listen` (transports that can)."""
         address = listen or self.settings.listen
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
-        _quiet_grpc_resets()
+        transport = create(self.transport_name)
         await self.state.chain.start()
-        server = grpc.aio.server(options=grpc_options(self.settings, reuse_port=self.reuse_port))
-        _add_services(server, self.state)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        if address.startswith("unix:"):
+        if address.startswith("unix:") and sock is None:
             _prepare_unix_socket(address)
         try:
             if self.settings.tls is not None:
                 self.certificates = CertificateFiles(self.settings.tls)
-                port = server.add_secure_port(address, self.certificates.credentials())
-            else:
-                port = server.add_insecure_port(address)
+            port = await transport.start(
+                address,
+                self.services,
+                self.settings,
+                reuse_port=self.reuse_port,
+                certificates=self.certificates,
+                sock=sock,
+            )
         except TlsError as exc:
             raise OSError(f"cannot serve TLS on {address}: {exc}") from None
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {address}: {exc}") from None
-        if not address.startswith("unix:") and port == 0:
-            raise OSError(f"cannot listen on {address} (in use?)")
-        if address.startswith("unix:"):
+        except TransportUnavailable as exc:
+            raise OSError(f"cannot serve on {address}: {exc}") from None
+        if address.startswith("unix:") and sock is None:
             # Who may connect: the socket's permissions (the directory's group, see config).
             os.chmod(address[len("unix:") :], self.settings.socket_mode)
-        await server.start()
-        self._server = server
+        self._transport = transport
         self.port = port
         self.address = (
             address if address.startswith("unix:") else f"{address.rpartition(':')[0]}:{port}"
         )
-        for service in ("", EXT_PROC_SERVICE, AUTHZ_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.health.serving()
         if self.watch and self.config_path is not None and self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
                 self.config_path, self.settings.reload_interval, self.reload
             )
             self._watch_task = asyncio.get_running_loop().create_task(self._watcher.run())
         self._info(
-            "asm-proxy serving on %s with %d plugin(s): %s",
+            "asm-proxy serving on %s (%s) with %d plugin(s): %s",
             self.address,
+            self.transport_name,
             len(self.chain.entries),
             ", ".join(e.name for e in self.chain.entries) or "none",
         )
@@ -289,7 +180,7 @@ class Server:
         """Health says NOT_SERVING at once; streams are still accepted for `delay` seconds
         (Envoy's health checks or endpoint updates need that long to stop sending), then new
         streams are refused and those in flight get `grace` seconds to finish."""
-        await self.health.enter_graceful_shutdown()
+        self.health.shut_down()
         log.info(
             "draining: NOT_SERVING; refusing new streams in %.1fs; %d in flight",
             delay,
@@ -304,9 +195,9 @@ class Server:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        await self.health.enter_graceful_shutdown()
-        if self._server is not None:
-            await self._server.stop(grace)
+        self.health.shut_down()
+        if self._transport is not None:
+            await self._transport.stop(grace)
         await self.state.chain.close()
         await offload.close_pool()
         if self.address.startswith("unix:"):
@@ -314,5 +205,5 @@ class Server:
                 os.unlink(self.address[len("unix:") :])
 
     async def wait(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
+        if self._transport is not None:
+            await self._transport.wait()

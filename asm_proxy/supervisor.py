@@ -199,10 +199,13 @@ class Supervisor:
         *,
         listen: str | None = None,
         workers: int | None = None,
+        transport: str | None = None,
     ) -> None:
         self.config_path = Path(config_path)
         self._listen = listen
         self._workers = workers
+        #: Overrides the config's `transport` (`serve --transport`).
+        self.transport = transport
         self.settings = ServerSettings()
         self.workers: list[WorkerHandle] = []
         self.addresses: list[str] = []
@@ -270,6 +273,8 @@ class Supervisor:
         argv = ["--index", str(index), "--control-fd", str(theirs.fileno()), "--listen", address]
         if not address.startswith("unix:"):
             argv.append("--reuse-port")
+        if self.transport is not None:
+            argv += ["--transport", self.transport]
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -486,11 +491,14 @@ def _ok(reply: object) -> bool:
 
 
 async def supervise(
-    config_path: str, listen: str | None = None, workers: int | None = None
+    config_path: str,
+    listen: str | None = None,
+    workers: int | None = None,
+    transport: str | None = None,
 ) -> None:
     """`asm-proxy serve`: run until SIGTERM/SIGINT (drain) or a second one (stop now);
     SIGHUP checks the config file at once."""
-    supervisor = Supervisor(config_path, listen=listen, workers=workers)
+    supervisor = Supervisor(config_path, listen=listen, workers=workers, transport=transport)
     await supervisor.start()
     logging.getLogger().setLevel(supervisor.settings.log_level.upper())
     loop = asyncio.get_running_loop()

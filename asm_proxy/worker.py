@@ -1,9 +1,9 @@
 """One worker process: a `Server` driven by the supervisor over a socketpair.
 
 Started by the supervisor as `python -c "from asm_proxy.worker import main; main()"
---index I --control-fd FD --listen ADDRESS [--reuse-port]`. The first message brings the
-config text (the supervisor's last good one, so a restart never reads a file that has gone
-bad since); then, one JSON object a line:
+--index I --control-fd FD --listen ADDRESS [--reuse-port] [--transport NAME]`. The first
+message brings the config text (the supervisor's last good one, so a restart never reads a
+file that has gone bad since); then, one JSON object a line:
 
     {"op": "reload", "config": TEXT, "id": n} -> {"id": n, "ok": bool}
     {"op": "stats", "id": n}                  -> {"id": n, "index", "pid", "address",
@@ -40,10 +40,13 @@ log = logging.getLogger("asm_proxy.worker")
 
 
 class Worker:
-    def __init__(self, index: int, listen: str, reuse_port: bool) -> None:
+    def __init__(
+        self, index: int, listen: str, reuse_port: bool, transport: str | None = None
+    ) -> None:
         self.index = index
         self.listen = listen
         self.reuse_port = reuse_port
+        self.transport = transport
         self.server: Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -69,6 +72,7 @@ class Worker:
                 reuse_port=self.reuse_port,
                 watch=False,
                 quiet=True,
+                transport=self.transport,
             )
             await server.start(self.listen)
         except ConfigError as exc:
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--listen", required=True)
     parser.add_argument("--reuse-port", action="store_true")
+    parser.add_argument("--transport")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s",
         stream=sys.stderr,
     )
-    worker = Worker(args.index, args.listen, args.reuse_port)
+    worker = Worker(args.index, args.listen, args.reuse_port, args.transport)
     raise SystemExit(run_loop(worker.run(args.control_fd)))
 
 
