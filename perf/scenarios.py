@@ -7,7 +7,7 @@ reported as skipped with the reason, never failed; the configs follow docs/plugi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -47,6 +47,21 @@ class Scenario:
     workers: int | None = None
     group: str = "main"  # main, body, chain, workers
     x: float | None = None  # the sweep's variable
+    #: asm-proxy's transport (asm_proxy/transport/); scenarios of the other transports are
+    #: named NAME@TRANSPORT.
+    transport: str = "grpcio"
+
+
+def on_transport(scenario: Scenario, transport: str) -> Scenario:
+    """The same scenario served over another transport."""
+    if scenario.server != "asm-proxy" or transport == scenario.transport:
+        return scenario
+    return replace(
+        scenario,
+        name=f"{scenario.name}@{transport}",
+        title=f"{scenario.title} [{transport}]",
+        transport=transport,
+    )
 
 
 def on_demand() -> ExtProc:
@@ -203,6 +218,24 @@ def main_scenarios() -> list[Scenario]:
     return [
         Scenario(
             "floor", "bare grpc.aio floor (every phase)", POST_1K, "floor", ext_proc=every_phase()
+        ),
+        Scenario(
+            "floor-h2",
+            "bare pure-Python h2 server (every phase)",
+            POST_1K,
+            "floor",
+            config="h2",
+            ext_proc=every_phase(),
+            group="floors",
+        ),
+        Scenario(
+            "floor-nghttp2",
+            "bare nghttp2 C session, no framework (every phase)",
+            POST_1K,
+            "floor",
+            config="nghttp2",
+            ext_proc=every_phase(),
+            group="floors",
         ),
         Scenario(
             "headers-every-phase",

@@ -61,7 +61,7 @@ def create(name: str) -> Transport:
 
         return GrpcioTransport()
     if name == "nghttp2":
-        from asm_proxy.transport.nghttp2 import Nghttp2Transport
+        from asm_proxy.transport.nghttp2.server import Nghttp2Transport
 
         return Nghttp2Transport()
     raise TransportUnavailable(f"unknown transport {name!r}; use one of {', '.join(NAMES)}")

@@ -51,7 +51,7 @@ Factory = Callable[..., WorkerStack]
 
 
 @pytest.fixture
-def workers_stack(tmp_path: Path, upstreams: Upstreams) -> Iterator[Factory]:
+def workers_stack(tmp_path: Path, upstreams: Upstreams, transport: str) -> Iterator[Factory]:
     made: list[WorkerStack] = []
 
     def make(
@@ -66,7 +66,7 @@ def workers_stack(tmp_path: Path, upstreams: Upstreams) -> Iterator[Factory]:
         path = tmp_path / f"workers-{n}.yaml"
         path.write_text(config)
         listen = f"unix:{tmp_path}/w{n}.sock" if unix else "127.0.0.1:0"
-        sup = SupervisorThread(path, listen=listen, workers=workers)
+        sup = SupervisorThread(path, listen=listen, workers=workers, transport=transport)
         setup = Setup(
             asm_proxy=sup.addresses if unix else sup.addresses[0],
             clusters=upstreams.ports,
@@ -289,11 +289,11 @@ class Serve:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
+def serve(tmp_path: Path, transport: str) -> Iterator[Callable[..., Serve]]:
     made: list[Serve] = []
 
     def start(config: str, *args: str) -> Serve:
-        made.append(Serve(tmp_path, config, *args))
+        made.append(Serve(tmp_path, config, *args, "--transport", transport))
         return made[-1]
 
     yield start

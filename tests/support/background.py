@@ -37,12 +37,19 @@ class ServerThread:
     """asm-proxy's Server on its own loop, started from a config file."""
 
     def __init__(
-        self, config_path: str | Path, *, listen: str = "127.0.0.1:0", watch: bool = False
+        self,
+        config_path: str | Path,
+        *,
+        listen: str = "127.0.0.1:0",
+        watch: bool = False,
+        transport: str | None = None,
     ):
         self.config_path = Path(config_path)
         self._bg = BackgroundLoop("asm-proxy-server")
         loaded = load(self.config_path)
-        self.server = Server(loaded, config_path=self.config_path if watch else None)
+        self.server = Server(
+            loaded, config_path=self.config_path if watch else None, transport=transport
+        )
         self._bg.call(self.server.start(listen))
 
     @property
