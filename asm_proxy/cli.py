@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--listen", help="HOST:PORT or unix:/path (overrides the file)")
     p_serve.add_argument(
         "--transport",
-        choices=NAMES,
-        help="how calls are served: grpcio (grpc.aio) or nghttp2 (overrides the file)",
+        choices=("auto", *NAMES),
+        help="how calls are served: nghttp2, grpcio (grpc.aio) or auto (overrides the file)",
     )
     p_serve.add_argument(
         "--workers",

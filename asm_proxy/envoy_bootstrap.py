@@ -13,6 +13,8 @@ from typing import Any
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 ASM_PROXY_CLUSTER = "asm_proxy"
+#: The same endpoints over HTTP/1.1, for ext_authz's http_service.
+ASM_PROXY_HTTP_CLUSTER = "asm_proxy_http"
 
 
 #: The JSON access log line the demo and tests use (metadata under the server's namespace).
@@ -87,18 +89,43 @@ class ExtAuthz:
     with_request_body: bool = False
     timeout: str = "0.25s"
     context_extensions: dict[str, str] = field(default_factory=dict)
+    #: Ask over plain HTTP (Envoy's http_service) with this path prefix instead of gRPC
+    #: (asm-proxy's `httpAuthzPrefix`; the nghttp2 transport serves it on the same address).
+    http_prefix: str | None = None
+    #: Over HTTP: the response headers Envoy copies to the upstream request (exact names).
+    upstream_headers: tuple[str, ...] = ("x-user", "x-groups", "x-tenant", "x-consumer")
 
     def filter(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            "grpc_service": {
-                "envoy_grpc": {"cluster_name": ASM_PROXY_CLUSTER},
-                "timeout": self.timeout,
-            },
             "transport_api_version": "V3",
             "failure_mode_allow": self.failure_mode_allow,
-            "encode_raw_headers": True,
         }
+        if self.http_prefix is None:
+            config["grpc_service"] = {
+                "envoy_grpc": {"cluster_name": ASM_PROXY_CLUSTER},
+                "timeout": self.timeout,
+            }
+            config["encode_raw_headers"] = True
+        else:
+            config["http_service"] = {
+                "server_uri": {
+                    "uri": "http://asm-proxy",
+                    "cluster": ASM_PROXY_HTTP_CLUSTER,
+                    "timeout": self.timeout,
+                },
+                "path_prefix": self.http_prefix,
+                "authorization_request": {
+                    # Every request header, as the gRPC path gets them.
+                    "allowed_headers": {"patterns": [{"safe_regex": {"regex": ".*"}}]},
+                },
+                "authorization_response": {
+                    "allowed_upstream_headers": {
+                        "patterns": [{"exact": name} for name in self.upstream_headers]
+                    },
+                    "dynamic_metadata_from_headers": {"patterns": [{"prefix": "x-asm-proxy-md-"}]},
+                },
+            }
         if self.with_request_body:
             config["with_request_body"] = {
                 "max_request_bytes": 65536,
@@ -250,6 +277,8 @@ def bootstrap(setup: Setup) -> dict[str, Any]:
             max_streams=setup.asm_proxy_max_streams,
         )
     ]
+    if setup.ext_authz is not None and setup.ext_authz.http_prefix is not None:
+        clusters.append(_cluster(ASM_PROXY_HTTP_CLUSTER, [_address(t) for t in targets]))
     clusters += [
         _cluster(
             name,

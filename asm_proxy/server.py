@@ -27,7 +27,7 @@ from asm_proxy.services import Services
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
 from asm_proxy.tls import CertificateFiles, TlsError
-from asm_proxy.transport import Transport, TransportUnavailable, create
+from asm_proxy.transport import Transport, TransportUnavailable, create, resolve
 
 log = logging.getLogger("asm_proxy.server")
 
@@ -75,14 +75,15 @@ class Server:
         self._info = log.debug if quiet else log.info  # a worker: the supervisor tells
         self.health = Health()
         self.services = Services(self.state, self.health)
-        #: The transport's name: the argument, else the config's `transport`.
-        self.transport_name = transport or loaded.settings.transport
+        #: The transport's name: the argument, else the config's `transport` (auto resolved).
+        self.transport_name = resolve(transport or loaded.settings.transport)
         self._transport: Transport | None = None
         self._watcher: ConfigWatcher | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.address = ""
         self.port = 0
         self.certificates: CertificateFiles | None = None
+        self._owns_path = True
 
     @property
     def settings(self) -> ServerSettings:
@@ -124,6 +125,7 @@ class Server:
         self.address = (
             address if address.startswith("unix:") else f"{address.rpartition(':')[0]}:{port}"
         )
+        self._owns_path = sock is None  # an inherited socket's path is its maker's
         self.health.serving()
         if self.watch and self.config_path is not None and self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
@@ -200,7 +202,7 @@ class Server:
             await self._transport.stop(grace)
         await self.state.chain.close()
         await offload.close_pool()
-        if self.address.startswith("unix:"):
+        if self.address.startswith("unix:") and self._owns_path:
             with contextlib.suppress(OSError):
                 os.unlink(self.address[len("unix:") :])
 

@@ -37,9 +37,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from asm_proxy import listeners
 from asm_proxy.config import ConfigError, ServerSettings, read_config_text
 from asm_proxy.loader import load_text
 from asm_proxy.reload import ConfigWatcher
+from asm_proxy.transport import resolve
 
 log = logging.getLogger("asm_proxy.supervisor")
 
@@ -206,6 +208,8 @@ class Supervisor:
         self._workers = workers
         #: Overrides the config's `transport` (`serve --transport`).
         self.transport = transport
+        #: Listening sockets the workers inherit, one per worker index (nghttp2 transport).
+        self.sockets: list[socket.socket] = []
         self.settings = ServerSettings()
         self.workers: list[WorkerHandle] = []
         self.addresses: list[str] = []
@@ -235,6 +239,12 @@ class Supervisor:
         if not listen.startswith("unix:"):
             self._holder, listen = reserve_tcp_port(listen)
         self.addresses = worker_addresses(listen, count)
+        if resolve(self.transport or self.settings.transport) == "nghttp2":
+            try:
+                self._listen_for_workers()
+            except OSError:
+                self._release()
+                raise
         results = await asyncio.gather(
             *(self._spawn(i) for i in range(count)), return_exceptions=True
         )
@@ -264,6 +274,15 @@ class Supervisor:
             ", ".join(names) or "none",
         )
 
+    def _listen_for_workers(self) -> None:
+        """The supervisor's own listening sockets (see asm_proxy/listeners.py)."""
+        for address in self.addresses:
+            if address.startswith("unix:"):
+                sock = listeners.unix_listener(address, self.settings.socket_mode)
+            else:
+                sock = listeners.tcp_listener(address)
+            self.sockets.append(sock)
+
     async def _spawn(self, index: int) -> WorkerHandle:
         address = self.addresses[index]
         ours, theirs = socket.socketpair()
@@ -275,13 +294,17 @@ class Supervisor:
             argv.append("--reuse-port")
         if self.transport is not None:
             argv += ["--transport", self.transport]
+        fds = [theirs.fileno()]
+        if self.sockets:
+            fds.append(self.sockets[index].fileno())
+            argv += ["--listen-fd", str(fds[-1])]
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
                 _WORKER_BOOT,
                 *argv,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=fds,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
                 env=env,
             )
@@ -443,7 +466,10 @@ class Supervisor:
         )
         for handle in self.workers:
             handle.tell({"op": "drain", "delay": delay, "grace": grace})
+        # Workers stop accepting after `delay`; so does the socket they shared with us.
+        closing = asyncio.get_running_loop().call_later(delay, listeners.close, self.sockets)
         await self._wait_all(delay + grace + 5.0)
+        closing.cancel()
         self._release()
 
     async def force(self) -> None:
@@ -481,6 +507,7 @@ class Supervisor:
             await handle.proc.wait()
 
     def _release(self) -> None:
+        listeners.close(self.sockets)
         if self._holder is not None:
             self._holder.close()
             self._holder = None

@@ -1,7 +1,8 @@
 """One worker process: a `Server` driven by the supervisor over a socketpair.
 
 Started by the supervisor as `python -c "from asm_proxy.worker import main; main()"
---index I --control-fd FD --listen ADDRESS [--reuse-port] [--transport NAME]`. The first
+--index I --control-fd FD --listen ADDRESS [--reuse-port] [--transport NAME]
+[--listen-fd FD]` (a listening socket the supervisor owns, asm_proxy/listeners.py). The first
 message brings the config text (the supervisor's last good one, so a restart never reads a
 file that has gone bad since); then, one JSON object a line:
 
@@ -41,12 +42,19 @@ log = logging.getLogger("asm_proxy.worker")
 
 class Worker:
     def __init__(
-        self, index: int, listen: str, reuse_port: bool, transport: str | None = None
+        self,
+        index: int,
+        listen: str,
+        reuse_port: bool,
+        transport: str | None = None,
+        listen_fd: int | None = None,
     ) -> None:
         self.index = index
         self.listen = listen
         self.reuse_port = reuse_port
         self.transport = transport
+        #: A listening socket the supervisor made for `listen` (it outlives this worker).
+        self.listen_fd = listen_fd
         self.server: Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -74,7 +82,10 @@ class Worker:
                 quiet=True,
                 transport=self.transport,
             )
-            await server.start(self.listen)
+            listening = None
+            if self.listen_fd is not None:
+                listening = socket.socket(fileno=self.listen_fd)
+            await server.start(self.listen, sock=listening)
         except ConfigError as exc:
             self._send({"op": "failed", "error": "; ".join(str(p) for p in exc.problems)})
             return 1
@@ -154,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--reuse-port", action="store_true")
     parser.add_argument("--transport")
+    parser.add_argument("--listen-fd", type=int)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s",
         stream=sys.stderr,
     )
-    worker = Worker(args.index, args.listen, args.reuse_port, args.transport)
+    worker = Worker(args.index, args.listen, args.reuse_port, args.transport, args.listen_fd)
     raise SystemExit(run_loop(worker.run(args.control_fd)))
 
 

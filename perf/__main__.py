@@ -133,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = plan(args.quick, info["cores"], args.transports)
     if args.only:
         wanted = set(args.only)
+        kept = [s for s in scenarios if s.name in wanted or s.name.split("@")[0] in wanted]
+        shapes = {s.shape.name for s in kept}
         scenarios = [
-            s
-            for s in scenarios
-            if s.name in wanted or s.name.split("@")[0] in wanted or s.server == "envoy"
+            s for s in scenarios if s in kept or (s.server == "envoy" and s.shape.name in shapes)
         ]
     started = time.monotonic()
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}

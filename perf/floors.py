@@ -70,8 +70,12 @@ class H2Floor(asyncio.Protocol):
         self.transport: Any = None
 
     def connection_made(self, transport: Any) -> None:
+        import h2.settings
+
         self.transport = transport
         self.conn.initiate_connection()
+        # h2 allows 100 streams by default; Envoy (and the RSS probe) may open more.
+        self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 10_000})
         transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:

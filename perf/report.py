@@ -168,13 +168,16 @@ def transport_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "met": every["rss_per_stream_bytes"] <= 16 * KiB,
                     }
                 )
-        jwt = _named(by, "jwt-authz", t)
-        if jwt is not None:
+        for base, how in (("jwt-authz", "gRPC"), ("jwt-authz-http", "HTTP")):
+            jwt = by.get(base) if base.endswith("-http") and t == "nghttp2" else None
+            jwt = jwt or (_named(by, base, t) if not base.endswith("-http") else None)
+            if jwt is None or not _ok(jwt):
+                continue
             share = jwt["server_cpu_us"] / floor_cpu
             out.append(
                 {
-                    "target": f"T3 [{t}] ext_authz JWT (remembered): server CPU <= 0.3x the "
-                    "floor's",
+                    "target": f"T3 [{t}] ext_authz JWT over {how} (remembered): server CPU "
+                    "<= 0.3x the floor's",
                     "figure": f"{jwt['server_cpu_us']} us = {share:.2f}x floor",
                     "met": share <= 0.3,
                 }

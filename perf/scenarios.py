@@ -50,11 +50,13 @@ class Scenario:
     #: asm-proxy's transport (asm_proxy/transport/); scenarios of the other transports are
     #: named NAME@TRANSPORT.
     transport: str = "grpcio"
+    #: Only this transport can serve it (ext_authz over HTTP: nghttp2).
+    pinned: bool = False
 
 
 def on_transport(scenario: Scenario, transport: str) -> Scenario:
     """The same scenario served over another transport."""
-    if scenario.server != "asm-proxy" or transport == scenario.transport:
+    if scenario.server != "asm-proxy" or transport == scenario.transport or scenario.pinned:
         return scenario
     return replace(
         scenario,
@@ -155,10 +157,10 @@ def jwt_material() -> tuple[dict[str, Any], str]:
 
 #: The JWT scenarios, and the provider's verifiedCacheSize in each: the load repeats one
 #: token, so the cached one is the cache's best case and the uncached one its worst.
-JWT_CACHE_SIZES = {"jwt-authz": 100, "jwt-authz-uncached": 0}
+JWT_CACHE_SIZES = {"jwt-authz": 100, "jwt-authz-uncached": 0, "jwt-authz-http": 100}
 
 
-def jwt_scenario(name: str, title: str) -> Scenario:
+def jwt_scenario(name: str, title: str, http: bool = False) -> Scenario:
     shape = Shape("get-jwt", "GET", "/api/items", headers=(("authorization", "Bearer {token}"),))
     return Scenario(
         name,
@@ -166,8 +168,10 @@ def jwt_scenario(name: str, title: str) -> Scenario:
         shape,
         "asm-proxy",
         config="",  # filled by `materialize` once `auth` is known to be installed
-        ext_authz=ExtAuthz(timeout="2s"),
+        ext_authz=ExtAuthz(timeout="2s", http_prefix="/ext_authz" if http else None),
         needs=("auth",),
+        transport="nghttp2" if http else "grpcio",
+        pinned=http,
     )
 
 
@@ -281,6 +285,9 @@ def main_scenarios() -> list[Scenario]:
         ),
         jwt_scenario("jwt-authz", "JWT RS256 via ext_authz (one token, remembered)"),
         jwt_scenario("jwt-authz-uncached", "JWT RS256 via ext_authz, every token verified"),
+        jwt_scenario(
+            "jwt-authz-http", "JWT RS256 via ext_authz over HTTP/1.1 (remembered)", http=True
+        ),
     ]
 
 

@@ -13,7 +13,9 @@ above this package imports a gRPC library.
 
 from __future__ import annotations
 
+import logging
 import socket
+from functools import cache
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
     from asm_proxy.tls import CertificateFiles
 
 NAMES = ("grpcio", "nghttp2")
+#: What `auto` means where it can: the transport that measured cheapest (docs/PERFORMANCE.md).
+PREFERRED = "nghttp2"
+
+log = logging.getLogger("asm_proxy.transport")
 
 
 class TransportUnavailable(RuntimeError):
@@ -65,6 +71,22 @@ def create(name: str) -> Transport:
 
         return Nghttp2Transport()
     raise TransportUnavailable(f"unknown transport {name!r}; use one of {', '.join(NAMES)}")
+
+
+def resolve(name: str) -> str:
+    """The transport `name` stands for: `auto` is nghttp2 where it is built, else grpcio."""
+    if name != "auto":
+        return name
+    why = available()[PREFERRED]
+    if why is None:
+        return PREFERRED
+    _warn_fallback(why)
+    return "grpcio"
+
+
+@cache
+def _warn_fallback(why: str) -> None:
+    log.warning("transport auto: serving over grpcio, as %s: %s", PREFERRED, why)
 
 
 def available() -> dict[str, str | None]:

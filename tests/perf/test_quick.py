@@ -63,6 +63,7 @@ def test_quick_run(tmp_path: Path) -> None:
         ("body-log-streamed-1m", "body_log"),
         ("jwt-authz", "auth"),
         ("jwt-authz-uncached", "auth"),
+        ("jwt-authz-http", "auth"),
     ):
         status = rows[name]["status"]
         assert status in ("ok", f"skipped: plugin type {type_name} not installed") or (

@@ -219,15 +219,26 @@ def test_unary_check_takes_one_message(client: Client) -> None:
     assert client.trailers(stream_id)["grpc-status"] == "3"
 
 
-def test_a_broken_connection_preface_closes_only_that_connection(server: ServerThread) -> None:
-    """Bytes that are not HTTP/2 get a GOAWAY and a close; the server serves on."""
+def _raw(server: ServerThread, data: bytes) -> bytes:
     host, _, port = server.address.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n" + b"\0" * 64)
+        sock.sendall(data)
         received = b""
         while chunk := sock.recv(4096):
             received += chunk
-    assert received[3:4] == b"\x04" or b"\x07" in received  # SETTINGS, then GOAWAY
+    return received
+
+
+def test_a_connection_that_is_not_http2_is_http1(server: ServerThread) -> None:
+    """Without HTTP/2's preface a connection is HTTP/1.1 (Envoy's ext_authz http_service):
+    /healthz answers, other paths are 404, bytes that are not HTTP get 400 and a close;
+    the server serves HTTP/2 on."""
+    health = _raw(server, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200 ") and health.endswith(b"SERVING\n")
+    other = _raw(server, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert other.startswith(b"HTTP/1.1 404 ")
+    garbage = _raw(server, b"\x16\x03\x01 not http at all\r\n\r\n")
+    assert garbage.startswith(b"HTTP/1.1 400 ")
     c = Client(server.address)
     try:
         stream_id = c.call(PROCESS_METHOD, frame(headers_message("/x", True)))

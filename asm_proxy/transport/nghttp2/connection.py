@@ -25,6 +25,7 @@ from asm_proxy.transport.nghttp2.calls import (
     UnaryCall,
     WatchCall,
 )
+from asm_proxy.transport.nghttp2.http1 import Http1Connection
 from asm_proxy.transport.nghttp2.native import (
     BAD_MESSAGE,
     CLOSED,
@@ -72,19 +73,19 @@ class H2Connection(asyncio.Protocol):
         self._sans: tuple[str, ...] | None = None
         self._closing = False
         self._goaway_sent = False
+        self._started = False
         self._check = self.services.check
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
-        self.transport = transport = cast(asyncio.Transport, transport)
+        self.transport = cast(asyncio.Transport, transport)
         self.listener.connections.add(self)
-        transport.write(self.session.pending())  # our SETTINGS
-        if self.listener.stopping:
-            self.close_gracefully()
 
     def data_received(self, data: bytes) -> None:
+        if not self._started and not self._start(data):
+            return
         try:
             events = self.session.receive(data)
         except ConnectionError as exc:
@@ -127,6 +128,25 @@ class H2Connection(asyncio.Protocol):
                     self._final_goaway()
             elif kind == GOAWAY:
                 pass  # the client opens no more streams; those in flight go on
+
+    def _start(self, data: bytes) -> bool:
+        """The first bytes tell HTTP/2 (its preface starts with "PRI ") from HTTP/1.1, which
+        goes to http1.py (Envoy's ext_authz http_service); False when handed over."""
+        transport = self.transport
+        assert transport is not None
+        if not data.startswith(_PREFACE[: len(data)]) or not data:
+            self.listener.connections.discard(self)
+            http1 = Http1Connection(self.listener)
+            self.listener.http1.add(http1)
+            transport.set_protocol(http1)
+            http1.connection_made(transport)
+            http1.data_received(data)
+            return False
+        self._started = True
+        transport.write(self.session.pending())  # our SETTINGS
+        if self.listener.stopping:
+            self.close_gracefully()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
@@ -217,8 +237,8 @@ class H2Connection(asyncio.Protocol):
 
     def close_gracefully(self) -> None:
         """GOAWAY (no new streams after a round trip); streams in flight go on."""
-        if self._closing or self.transport is None:
-            return
+        if self._closing or self.transport is None or not self._started:
+            return  # not started: _start says GOAWAY when it starts
         self._closing = True
         self.session.shutdown_notice()
         self.session.ping()
@@ -241,6 +261,7 @@ class H2Connection(asyncio.Protocol):
         self._abort()  # what was written still goes out before the close
 
 
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PROCESS = PROCESS_METHOD.encode()
 CHECK = CHECK_METHOD.encode()
 HEALTH = HEALTH_CHECK.encode()

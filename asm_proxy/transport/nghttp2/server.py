@@ -8,6 +8,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from asm_proxy.transport.nghttp2.connection import H2Connection
+from asm_proxy.transport.nghttp2.http1 import Http1Connection
 from asm_proxy.transport.nghttp2.tls import ServerTls
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class Listener:
         self.tls = tls
         self.loop = asyncio.get_running_loop()
         self.connections: set[H2Connection] = set()
+        self.http1: set[Http1Connection] = set()
         self.stopping = False
 
     def peer_sans(self, transport: asyncio.BaseTransport | None) -> tuple[str, ...]:
@@ -108,6 +110,8 @@ class Nghttp2Transport:
             await asyncio.sleep(0.02)
         for conn in list(listener.connections):
             conn.cut()
+        for http1 in list(listener.http1):
+            http1.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 1.0)
         self._stopped.set()
