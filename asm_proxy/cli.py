@@ -83,7 +83,7 @@ def _render(args: argparse.Namespace) -> int:
         service=args.service,
         service_namespace=args.service_namespace,
         port=args.port,
-        address=args.address,
+        addresses=tuple(args.address),
         client_tls=tls,
         bootstrap=args.bootstrap,
         upstream=args.upstream,
@@ -216,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p_render.add_argument("--service-namespace", default="asm-proxy", help="central: its namespace")
     p_render.add_argument("--port", type=int, help="central: the Service's port")
     p_render.add_argument(
-        "--address", help="central: HOST:PORT to connect to (still verified as the Service)"
+        "--address",
+        action="append",
+        default=[],
+        help="central: HOST:PORT of a replica to connect to, repeatable (each is still "
+        "verified as the Service)",
     )
     p_render.add_argument("--client-cert", help="central, envoy: Envoy's client certificate")
     p_render.add_argument("--client-key", help="central, envoy: its private key")

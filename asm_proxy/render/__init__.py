@@ -40,8 +40,9 @@ class Options:
     service: str = "asm-proxy"
     service_namespace: str = "asm-proxy"
     port: int | None = None
-    #: Central mode: connect here instead of the Service's name (still verified as it).
-    address: str | None = None
+    #: Central mode: connect to these replicas instead of the Service's name (each still
+    #: verified as the Service), e.g. for Envoys outside the cluster.
+    addresses: tuple[str, ...] = ()
     client_tls: ClientTls | None = None
     bootstrap: bool = False
     upstream: str = "127.0.0.1:8080"
@@ -68,8 +69,8 @@ def _placement(loaded: Loaded, options: Options) -> Placement:
             tls=options.client_tls,
             namespace=options.namespace or "",
         )
-        if options.address:
-            where = replace(where, endpoints=(options.address,))
+        if options.addresses:
+            where = replace(where, endpoints=tuple(options.addresses))
         return where
     socket = options.socket
     if socket is None and listen.startswith("unix:"):

@@ -114,7 +114,7 @@ def envoy_for(
             mode="central",
             target="envoy",
             bootstrap=True,
-            address=server.address,
+            addresses=(server.address,),
             client_tls=client,
             upstream=f"127.0.0.1:{upstream['app'].port}",
             listen="127.0.0.1:0",
