@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -145,7 +147,9 @@ def exchange_of_check(request: auth.CheckRequest, proven: Workload | None = None
     return x
 
 
-def _metadata_struct(x: Exchange, namespace: str) -> struct_pb2.Struct | None:
+def flat_metadata(x: Exchange, namespace: str) -> dict[str, Any] | None:
+    """The plugins' dynamic metadata as Envoy files it for ext_authz: the server's own
+    namespace at the top, any other namespace as a key."""
     out = x.take_metadata()
     if not out:
         return None
@@ -155,7 +159,17 @@ def _metadata_struct(x: Exchange, namespace: str) -> struct_pb2.Struct | None:
             flat.update(values)
         else:
             flat.setdefault(ns, {}).update(values)
-    return codec.dict_to_struct(flat)
+    return flat
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the AUTHN and AUTHZ plugins decided, before any wire format: `respond` None is
+    allowed (with the header changes recorded on `exchange`), else denied with it."""
+
+    respond: Respond | None
+    exchange: Exchange | None
+    metadata: dict[str, Any] | None
 
 
 def _joined_header_ops(respond: Respond) -> dict[str, list[HeaderOp]]:
@@ -205,11 +219,21 @@ def allowed(x: Exchange, metadata: struct_pb2.Struct | None) -> auth.CheckRespon
     return reply
 
 
-async def decide(
-    state: ServerState, request: auth.CheckRequest, caller: Caller
-) -> auth.CheckResponse:
-    """Run the AUTHN and AUTHZ plugins on a Check; the answer Envoy gets (a denial is an
-    answer, not an error). Raises only on asm-proxy's own failures."""
+ExchangeFactory = Callable[[Workload | None], Exchange]
+
+_IDENTITY_MISMATCH = Respond(403, body="workload identity mismatch\n")
+
+
+async def judge(
+    state: ServerState,
+    configured: Workload | None,
+    exchange_for: ExchangeFactory,
+    caller: Caller,
+) -> Decision:
+    """Run the AUTHN and AUTHZ plugins on one check, whatever it came over: `configured`
+    is the workload Envoy's config names (context extensions; None over HTTP),
+    `exchange_for(proven)` makes the exchange once the caller's proven identity is known.
+    A denial is a decision, not an error; raises only on asm-proxy's own failures."""
     chain = state.chain
     settings = state.settings
     chain.acquire()
@@ -218,13 +242,12 @@ async def decide(
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.deadline
         proven = proven_peer(caller, settings) if settings.proves_peers else None
-        conflict = identity_mismatch(workload_of_check(request), proven)
+        conflict = identity_mismatch(configured, proven)
         if conflict is not None:
             log.warning("Check refused: %s", conflict)
             counters.identity_refusals += 1
-            refusal = Respond(403, body="workload identity mismatch\n")
-            return denied(refusal, None)
-        x = exchange_of_check(request, proven)
+            return Decision(_IDENTITY_MISMATCH, None, None)
+        x = exchange_for(proven)
         plan = chain.select(x, authz_only=True)
         outcome: Respond | None = None
         hooks = plan.hooks[REQUEST_HEADERS]
@@ -234,10 +257,26 @@ async def decide(
         if outcome is None and x.request.buffer().size and hooks:
             outcome = await run_hooks(hooks, x, (), deadline)
         x.undo.commit()
-        metadata = _metadata_struct(x, settings.metadata_namespace)
+        metadata = flat_metadata(x, settings.metadata_namespace)
         if outcome is not None:
             counters.authz_denied += 1
-            return denied(outcome, metadata)
-        return allowed(x, metadata)
+        return Decision(outcome, x, metadata)
     finally:
         chain.release()
+
+
+async def decide(
+    state: ServerState, request: auth.CheckRequest, caller: Caller
+) -> auth.CheckResponse:
+    """A gRPC Check: the plugins' decision as the CheckResponse Envoy gets."""
+    decision = await judge(
+        state,
+        workload_of_check(request),
+        lambda proven: exchange_of_check(request, proven),
+        caller,
+    )
+    metadata = codec.dict_to_struct(decision.metadata) if decision.metadata else None
+    if decision.respond is not None:
+        return denied(decision.respond, metadata)
+    assert decision.exchange is not None
+    return allowed(decision.exchange, metadata)

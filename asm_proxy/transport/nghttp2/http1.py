@@ -5,11 +5,12 @@ sniffs them). llhttp (httptools) parses; each request is answered in order:
 
 - `PREFIX/original/path` (Envoy's `path_prefix` + the request's path, its method and the
   headers `allowed_headers` lets through, the body with `with_request_body`): an ext_authz
-  check. It becomes the CheckRequest the gRPC path gets and goes through the same
-  decision (`authz.decide`: the AUTHN and AUTHZ plugins, identity checks included), so
-  both paths allow and deny alike. Allowed: 200, the headers to add upstream as response
-  headers (Envoy's `allowed_upstream_headers` picks them), the headers to remove in
-  `x-envoy-auth-headers-to-remove`. Denied: the plugin's status, headers and body.
+  check. It becomes the exchange a gRPC Check would make and goes through the same
+  decision (`authz.judge`: the AUTHN and AUTHZ plugins, identity checks included), so both
+  paths allow and deny alike; no protobuf on the way. Allowed: 200, the headers to add
+  upstream as response headers (Envoy's `allowed_upstream_headers` picks them), the
+  headers to remove in `x-envoy-auth-headers-to-remove`. Denied: the plugin's status,
+  headers and body.
 - `GET /healthz`: 200 while serving, 503 once draining (an HTTP health check for the
   cluster Envoy's http_service calls).
 - anything else: 404.
@@ -27,18 +28,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 import orjson
-from google.protobuf import json_format
 
 from asm_proxy import authz
 from asm_proxy.caller import Caller
+from asm_proxy.exchange import Exchange
+from asm_proxy.headers import HeaderAction, adopt, take_ops
 from asm_proxy.health import SERVING
-from asm_proxy.stats import counters
+from asm_proxy.identity import Workload
 from asm_proxy.tls import XFCC_HEADER
-from asm_proxy.wire import auth
 
 if TYPE_CHECKING:
     from asm_proxy.transport.nghttp2.server import Listener
@@ -170,17 +171,17 @@ class Http1Connection(asyncio.Protocol):
         return response(404, [], b"not found\n", request.keep_alive)
 
     async def _check(self, request: Request, path: bytes) -> bytes:
-        check = check_request(request, path)
         services = self.listener.services
-        settings = services.state.settings
-        caller = self._caller(request) if settings.proves_peers else Caller()
+        state = services.state
+        caller = self._caller(request) if state.settings.proves_peers else Caller()
         try:
-            answer = await authz.decide(services.state, check, caller)
+            decision = await authz.judge(
+                state, None, lambda proven: exchange_of(request, path, proven), caller
+            )
         except Exception:
             log.exception("ext_authz check over HTTP failed inside asm-proxy")
-            counters.streams_aborted += 1
             return response(500, [], b"asm-proxy internal error; see its log\n", False)
-        return http_answer(answer, request.keep_alive)
+        return http_answer(decision, request.keep_alive)
 
     def _caller(self, request: Request) -> Caller:
         sans = self._sans
@@ -190,48 +191,61 @@ class Http1Connection(asyncio.Protocol):
         return Caller(sans=sans, xfcc=xfcc.decode("latin-1") if xfcc is not None else None)
 
 
-def check_request(request: Request, path: bytes) -> auth.CheckRequest:
-    """The CheckRequest Envoy's gRPC client would have sent for what its HTTP client sent."""
-    check = auth.CheckRequest()
-    http = check.attributes.request.http
-    http.method = request.method.decode("latin-1")
-    http.path = path.decode("latin-1")
-    headers: dict[str, str] = {}
+def exchange_of(request: Request, path: bytes, proven: Workload | None) -> Exchange:
+    """The exchange a check asks about, as `authz.exchange_of_check` makes it from a
+    CheckRequest: the request's headers (pseudo-headers from its method, path and host)
+    and body; the workload is what mTLS or a trusted XFCC proves (HTTP carries no
+    context extensions)."""
+    pairs: dict[str, list[str]] = {
+        ":method": [request.method.decode("latin-1")],
+        ":path": [path.decode("latin-1")],
+    }
     for name, value in request.headers:
-        key = name.decode("latin-1")
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]},{text}" if key in headers else text
-    host = headers.get("host")
-    if host is not None:
-        http.host = host
-    http.headers.update(headers)
+        pairs.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+    host = pairs.get("host")
+    if host:
+        pairs[":authority"] = host[:1]
+    headers = adopt(pairs, None)
+    x = Exchange(headers, peer=proven)
+    body = x.request.buffer()
     if request.body:
-        http.raw_body = b"".join(request.body)
-    return check
+        body.add(b"".join(request.body))
+    # Envoy marks a body cut at max_request_bytes with this header.
+    body.complete = headers.get("x-envoy-auth-partial-body") != "true"
+    return x
 
 
-def http_answer(answer: auth.CheckResponse, keep_alive: bool) -> bytes:
-    metadata: list[tuple[bytes, bytes]] = []
-    if answer.HasField("dynamic_metadata"):
-        values: dict[str, Any] = json_format.MessageToDict(answer.dynamic_metadata)
-        for key, value in values.items():
-            metadata.append(((METADATA_HEADER + key).encode(), orjson.dumps(value)))
-    if answer.HasField("denied_response"):
-        denied = answer.denied_response
-        status = denied.status.code or 403
-        headers = [(o.header.key.encode(), o.header.value.encode()) for o in denied.headers]
-        return response(status, headers + metadata, denied.body.encode(), keep_alive)
-    ok = answer.ok_response
-    headers = [(o.header.key.encode(), o.header.value.encode()) for o in ok.headers]
-    if any(name.startswith(b":") for name, _ in headers):
+def http_answer(decision: authz.Decision, keep_alive: bool) -> bytes:
+    metadata = [
+        ((METADATA_HEADER + key).encode(), orjson.dumps(value))
+        for key, value in (decision.metadata or {}).items()
+    ]
+    respond = decision.respond
+    if respond is not None:
+        headers = [(k.encode(), v.encode()) for k, v in respond.header_pairs()]
+        if respond.details:
+            metadata.append(((METADATA_HEADER + "details").encode(), orjson.dumps(respond.details)))
+        return response(respond.status, headers + metadata, respond.body_bytes(), keep_alive)
+    assert decision.exchange is not None
+    recorded = decision.exchange.request.headers
+    ops = take_ops(recorded) if recorded is not None else {}
+    if any(name.startswith(":") for name in ops):
         # A rewrite of :path (an API key taken out of the query): Envoy takes no
         # pseudo-header from an HTTP authorization answer, and letting the request through
         # unchanged would forward what the plugin meant to remove. Fail closed.
         log.warning(
             "ext_authz over HTTP cannot rewrite %s; refused (use gRPC for it)",
-            ", ".join(n.decode() for n, _ in headers if n.startswith(b":")),
+            ", ".join(n for n in ops if n.startswith(":")),
         )
         return response(403, [], CANNOT_REWRITE, keep_alive)
-    if ok.headers_to_remove:
-        headers.append((REMOVE_HEADER, ",".join(ok.headers_to_remove).encode()))
+    headers = []
+    removed = []
+    for name, name_ops in ops.items():
+        for action, value in name_ops:
+            if action is HeaderAction.REMOVE:
+                removed.append(name)
+            else:
+                headers.append((name.encode(), value.encode("latin-1", "replace")))
+    if removed:
+        headers.append((REMOVE_HEADER, ",".join(removed).encode()))
     return response(200, headers + metadata, b"", keep_alive)
