@@ -25,6 +25,8 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hpack
+import hyperframe.frame
 import pytest
 
 from asm_proxy.testing import messages
@@ -39,6 +41,7 @@ plugins:
   - {name: upper, type: 'tests.support.plugins:UpperBody', match: [{paths: [{prefix: /body}]}]}
 """
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 GRPC_HEADERS = [
     (":method", "POST"),
     (":scheme", "http"),
@@ -156,6 +159,36 @@ def test_settings_advertise_the_stream_limit(client: Client) -> None:
     client.flush()
     ack = client.until(h2.events.PingAckReceived)
     assert ack.ping_data == b"12345678"
+
+
+def test_streams_beyond_the_limit_are_refused(server: ServerThread) -> None:
+    """With maxConcurrentStreams (50) streams open, the next is refused with RST_STREAM
+    REFUSED_STREAM (a client may retry it); those open are not disturbed."""
+    host, _, port = server.address.rpartition(":")
+    encoder = hpack.Encoder()
+    frames = [hyperframe.frame.SettingsFrame(0)]
+    for n in range(51):
+        headers = hyperframe.frame.HeadersFrame(2 * n + 1)
+        headers.data = encoder.encode([(":path", PROCESS_METHOD), *GRPC_HEADERS])
+        headers.flags.add("END_HEADERS")
+        frames.append(headers)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(PREFACE)
+        sock.sendall(b"".join(f.serialize() for f in frames))
+        data = b""
+        resets: list[tuple[int, int]] = []
+        give_up = time.monotonic() + 5
+        while not resets and time.monotonic() < give_up:
+            data += sock.recv(65536)
+            while len(data) >= 9:
+                frame, length = hyperframe.frame.Frame.parse_frame_header(memoryview(data[:9]))
+                if len(data) < 9 + length:
+                    break
+                frame.parse_body(memoryview(data[9 : 9 + length]))
+                data = data[9 + length :]
+                if isinstance(frame, hyperframe.frame.RstStreamFrame):
+                    resets.append((frame.stream_id, frame.error_code))
+    assert resets == [(101, 7)]  # the 51st stream, REFUSED_STREAM
 
 
 def test_an_exchange_ends_with_its_status_in_trailers(client: Client) -> None:
