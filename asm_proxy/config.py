@@ -20,7 +20,9 @@ a good running chain.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from pydantic.alias_generators import to_camel
 
 from asm_proxy.durations import Duration
 from asm_proxy.plugin import FailStrategy, Phase
+from asm_proxy.sizes import Size
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
@@ -263,6 +266,11 @@ def _octal(value: Any) -> Any:
     return value
 
 
+#: Lower bounds of the recycling limits (below them a worker would be replaced constantly).
+MIN_STREAMS_PER_WORKER = 1000
+MIN_WORKER_RSS = 128 * 2**20
+
+
 class ServerSettings(Model):
     """Settings of the server itself (everything in the file but `plugins`)."""
 
@@ -315,6 +323,12 @@ class ServerSettings(Model):
     #: that sidecar sets. Only safe when nothing else can reach asm-proxy's port (bind it
     #: to 127.0.0.1, or a NetworkPolicy plus STRICT PeerAuthentication).
     trust_forwarded_client_cert: bool = False
+    #: Replace a worker after it has served this many streams (0: never), or once its
+    #: resident memory is above `max_worker_rss` ("512Mi", "1Gi"; 0: never). The new worker
+    #: serves before the old one stops taking streams; the old one then finishes its
+    #: streams in flight (up to drainTimeout) and exits.
+    max_streams_per_worker: int = 0
+    max_worker_rss: Size = 0
 
     @property
     def proves_peers(self) -> bool:
@@ -349,6 +363,26 @@ class ServerSettings(Model):
     def _not_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError("must not be negative")
+        return value
+
+    @field_validator("max_streams_per_worker")
+    @classmethod
+    def _streams_per_worker(cls, value: int) -> int:
+        if value != 0 and value < MIN_STREAMS_PER_WORKER:
+            raise ValueError(
+                f"0 (never) or at least {MIN_STREAMS_PER_WORKER}: a worker takes about a "
+                "second to start, recycling it more often wastes the machine"
+            )
+        return value
+
+    @field_validator("max_worker_rss")
+    @classmethod
+    def _worker_rss(cls, value: int) -> int:
+        if value != 0 and value < MIN_WORKER_RSS:
+            raise ValueError(
+                f"0 (never) or at least {MIN_WORKER_RSS // 2**20}Mi: a worker holds about "
+                "60Mi before it serves anything, so a lower limit would recycle it for ever"
+            )
         return value
 
     @field_validator("log_level")
@@ -495,17 +529,67 @@ class ParsedFile:
     problems: list[ConfigProblem]
 
 
-def read_config_text(path: str | Path) -> str:
-    """The config file's text; ConfigError (the same messages everywhere) if unreadable."""
+#: How an empty file is refused: it says why, and how to ask for no plugins on purpose.
+EMPTY_FILE = (
+    "the file is empty (nothing but whitespace or comments): a config must list its "
+    "plugins; to run with none, write `plugins: []`"
+)
+NO_PLUGINS = "missing: list the plugins to run, or write `plugins: []` to run with none"
+NULL_PLUGINS = "is empty: list the plugins to run, or write `plugins: []` to run with none"
+
+
+def read_config_bytes(path: str | Path) -> bytes:
+    """The config file's bytes; ConfigError (the same messages everywhere) if it cannot be
+    read or is not a regular file. Opened without blocking and checked on the open file,
+    so a FIFO or a device put in its place is refused instead of hanging the reader."""
     name = str(path)
     try:
-        return Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(
             [ConfigProblem(name, None, None, "", f"cannot read: {exc.strerror}")]
         ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(
+                [ConfigProblem(name, None, None, "", f"not a regular file ({_kind(mode)})")]
+            )
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigProblem(name, None, None, "", f"cannot read: {exc.strerror}")]
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def decode_config(path: str | Path, data: bytes) -> str:
+    """The file's bytes as text; ConfigError if they are not UTF-8."""
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigProblem(name, None, None, "", f"not UTF-8 text: {exc}")]) from None
+        raise ConfigError(
+            [ConfigProblem(str(path), None, None, "", f"not UTF-8 text: {exc}")]
+        ) from None
+
+
+def read_config_text(path: str | Path) -> str:
+    """The config file's text; ConfigError (the same messages everywhere) if unreadable."""
+    return decode_config(path, read_config_bytes(path))
 
 
 def parse_file(path: str | Path, text: str | None = None) -> ParsedFile:
@@ -523,7 +607,7 @@ def parse_file(path: str | Path, text: str | None = None) -> ParsedFile:
         raise ConfigError([ConfigProblem(name, line, None, "", f"not valid YAML: {exc}")]) from None
     lines = LineIndex(node)
     if raw is None:
-        raw = {}
+        raise ConfigError([ConfigProblem(name, None, None, "", EMPTY_FILE)])
     if not isinstance(raw, dict):
         raise ConfigError(
             [
@@ -538,9 +622,22 @@ def parse_file(path: str | Path, text: str | None = None) -> ParsedFile:
         settings = ServerSettings.model_validate({k: v for k, v in raw.items() if k != "plugins"})
     except ValidationError as exc:
         problems += problems_from_validation(exc, file=name, lines=lines, raw=raw)
-    raw_plugins = raw.get("plugins") or []
+    raw_plugins = raw.get("plugins")
     entries: list[tuple[int, PluginEntry]] = []
-    if not isinstance(raw_plugins, list):
+    if raw_plugins is None:
+        # No plugins must be asked for (`plugins: []`): a file that lost its plugin list
+        # (a bad edit, a half-written file) must not silently drop every plugin, auth too.
+        problems.append(
+            ConfigProblem(
+                name,
+                lines.line(("plugins",)) if "plugins" in raw else None,
+                None,
+                "plugins",
+                NULL_PLUGINS if "plugins" in raw else NO_PLUGINS,
+            )
+        )
+        raw_plugins = []
+    elif not isinstance(raw_plugins, list):
         problems.append(
             ConfigProblem(
                 name, lines.line(("plugins",)), None, "plugins", "must be a list of plugins"

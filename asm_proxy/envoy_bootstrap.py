@@ -1,8 +1,9 @@
 """Envoy bootstraps that put asm-proxy in front of upstreams: for the demo and the tests.
 
 Plain dicts; the real Envoy is their judge (it loads them, or `envoy_process.validate_config`
-has it check one). The `render` command of a later issue builds the Istio and Kubernetes
-variants on the same pieces.
+has it check one). The asm-proxy cluster, the filters' `grpc_service` and the runtime flags
+come from `envoy_cluster` (health checks, outlier detection, retries: what drains and
+restarts rely on), which `asm-proxy render` builds on too.
 """
 
 from __future__ import annotations
@@ -10,10 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from asm_proxy.envoy_cluster import (
+    ASM_PROXY_CLUSTER,  # noqa: F401 - re-exported: tests and perf name the cluster
+    AUTHZ_SERVICE,
+    EXT_PROC_SERVICE,
+    MAX_REQUESTS_PER_CONNECTION,
+    address,
+    asm_proxy_cluster,
+    grpc_service,
+    layered_runtime,
+)
+
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
-ASM_PROXY_CLUSTER = "asm_proxy"
-#: The same endpoints over HTTP/1.1, for ext_authz's http_service.
+#: asm-proxy's endpoints over HTTP/1.1, for ext_authz's http_service.
 ASM_PROXY_HTTP_CLUSTER = "asm_proxy_http"
 
 
@@ -52,11 +63,12 @@ class ExtProc:
     request_attributes: list[str] = field(default_factory=list)
     metadata_namespace: str = "asm-proxy"
     allow_all_routing: bool = True  # let asm-proxy change :authority/host (reverse_dns)
+    retries: bool = True  # a stream asm-proxy could not take is tried on another endpoint
 
     def filter(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": ASM_PROXY_CLUSTER}},
+            "grpc_service": grpc_service(retries=self.retries),
             "failure_mode_allow": self.failure_mode_allow,
             "message_timeout": self.message_timeout,
             "allow_mode_override": self.allow_mode_override,
@@ -89,6 +101,7 @@ class ExtAuthz:
     with_request_body: bool = False
     timeout: str = "0.25s"
     context_extensions: dict[str, str] = field(default_factory=dict)
+    retries: bool = True
     #: Ask over plain HTTP (Envoy's http_service) with this path prefix instead of gRPC
     #: (asm-proxy's `httpAuthzPrefix`; the nghttp2 transport serves it on the same address).
     http_prefix: str | None = None
@@ -102,10 +115,7 @@ class ExtAuthz:
             "failure_mode_allow": self.failure_mode_allow,
         }
         if self.http_prefix is None:
-            config["grpc_service"] = {
-                "envoy_grpc": {"cluster_name": ASM_PROXY_CLUSTER},
-                "timeout": self.timeout,
-            }
+            config["grpc_service"] = grpc_service(timeout=self.timeout, retries=self.retries)
             config["encode_raw_headers"] = True
         else:
             config["http_service"] = {
@@ -160,31 +170,48 @@ class Setup:
     listen_port: int = 0
     node_metadata: dict[str, Any] = field(default_factory=dict)
     node_id: str = "asm-proxy-test"
-    #: Streams Envoy puts on one HTTP/2 connection to asm-proxy before it opens another
-    #: (None: Envoy's default, effectively one connection per Envoy worker thread). On TCP the
-    #: kernel spreads asm-proxy's workers by connection, so this is what spreads the streams.
+    #: Streams Envoy puts on one HTTP/2 connection to asm-proxy at a time before it opens
+    #: another (None: no cap).
     asm_proxy_max_streams: int | None = None
+    #: Streams one connection to asm-proxy carries in all before Envoy replaces it (None: no
+    #: limit). On TCP this is what spreads the streams over the workers.
+    asm_proxy_max_requests_per_connection: int | None = MAX_REQUESTS_PER_CONNECTION
+    #: gRPC health checks on the asm-proxy cluster (what makes a drain invisible).
+    asm_proxy_health_checks: bool = True
+    #: Eject an endpoint that refuses connections (a dead worker's socket) until it is healthy.
+    asm_proxy_outlier_detection: bool = True
+    #: The runtime flags of envoy_cluster.RUNTIME_FLAGS (graceful ext_proc stream close).
+    runtime_flags: bool = True
     #: Clusters (names in `clusters`) that speak gRPC: HTTP/2 upstream, and one upstream
     #: connection per client connection (a Nacos 2 server ties a client's calls and pushes
     #: to its connection, so clients must not share one).
     grpc_clusters: tuple[str, ...] = ()
 
 
-def _cluster(
-    name: str,
-    addresses: list[dict[str, Any]],
-    http2: bool = False,
-    max_streams: int | None = None,
-    per_downstream: bool = False,
-) -> dict[str, Any]:
-    """A static cluster; `max_streams` (HTTP/2 only) caps streams per connection;
-    `per_downstream` gives each client connection its own upstream connections."""
-    protocol: dict[str, Any]
-    if http2:
-        options = {} if max_streams is None else {"max_concurrent_streams": max_streams}
-        protocol = {"http2_protocol_options": options}
-    else:
-        protocol = {"http_protocol_options": {"enable_trailers": True}}
+def http_authz_cluster(targets: list[str]) -> dict[str, Any]:
+    """asm-proxy's endpoints over HTTP/1.1 (ext_authz's http_service): outlier detection as
+    on the gRPC cluster (a refused connection ejects), no gRPC health check (it needs
+    HTTP/2; the gRPC cluster's checks watch the same workers)."""
+    cluster = asm_proxy_cluster(
+        targets,
+        name=ASM_PROXY_HTTP_CLUSTER,
+        health_checks=False,
+        max_requests_per_connection=None,
+    )
+    options = cluster["typed_extension_protocol_options"]
+    for value in options.values():
+        value["explicit_http_config"] = {"http_protocol_options": {}}
+    return cluster
+
+
+def _upstream_cluster(name: str, port: int, grpc: bool = False) -> dict[str, Any]:
+    """An upstream on 127.0.0.1: HTTP/1.1, or for `grpc` HTTP/2 with one upstream
+    connection per client connection."""
+    protocol: dict[str, Any] = (
+        {"http2_protocol_options": {}}
+        if grpc
+        else {"http_protocol_options": {"enable_trailers": True}}
+    )
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
@@ -197,19 +224,14 @@ def _cluster(
         },
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": a}} for a in addresses]}],
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": address(f"127.0.0.1:{port}")}}]}
+            ],
         },
     }
-    if per_downstream:
+    if grpc:
         cluster["connection_pool_per_downstream_connection"] = True
     return cluster
-
-
-def _address(target: str) -> dict[str, Any]:
-    if target.startswith("unix:"):
-        return {"pipe": {"path": target[len("unix:") :]}}
-    host, _, port = target.rpartition(":")
-    return {"socket_address": {"address": host, "port_value": int(port)}}
 
 
 def bootstrap(setup: Setup) -> dict[str, Any]:
@@ -270,25 +292,24 @@ def bootstrap(setup: Setup) -> dict[str, Any]:
         ]
     targets = setup.asm_proxy if isinstance(setup.asm_proxy, list) else [setup.asm_proxy]
     clusters = [
-        _cluster(
-            ASM_PROXY_CLUSTER,
-            [_address(t) for t in targets],
-            http2=True,
+        asm_proxy_cluster(
+            targets,
             max_streams=setup.asm_proxy_max_streams,
+            max_requests_per_connection=setup.asm_proxy_max_requests_per_connection,
+            health_checks=setup.asm_proxy_health_checks,
+            outlier_detection=setup.asm_proxy_outlier_detection,
+            health_check_service=(
+                AUTHZ_SERVICE if setup.ext_proc is None and setup.ext_authz else EXT_PROC_SERVICE
+            ),
         )
     ]
     if setup.ext_authz is not None and setup.ext_authz.http_prefix is not None:
-        clusters.append(_cluster(ASM_PROXY_HTTP_CLUSTER, [_address(t) for t in targets]))
+        clusters.append(http_authz_cluster(targets))
     clusters += [
-        _cluster(
-            name,
-            [_address(f"127.0.0.1:{port}")],
-            http2=name in setup.grpc_clusters,
-            per_downstream=name in setup.grpc_clusters,
-        )
+        _upstream_cluster(name, port, grpc=name in setup.grpc_clusters)
         for name, port in setup.clusters.items()
     ]
-    return {
+    config: dict[str, Any] = {
         "node": {"id": setup.node_id, "cluster": "asm-proxy", "metadata": setup.node_metadata},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -313,3 +334,6 @@ def bootstrap(setup: Setup) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+    if setup.runtime_flags:
+        config["layered_runtime"] = layered_runtime()
+    return config

@@ -1,12 +1,13 @@
 """Listening sockets the supervisor owns and its workers accept on (nghttp2 transport).
 
 grpc.aio binds its own sockets, so a worker that dies takes its listening socket with it:
-on a Unix socket nothing answers at PATH.i until the replacement binds again (Envoy gets
-"connection refused" meanwhile), and on a shared TCP port the connections queued on the
-dead worker's SO_REUSEPORT socket are reset. A transport that accepts on an inherited
-socket (`Transport.start(sock=...)`) closes that gap: the supervisor makes one listening
-socket per worker index and keeps it for the life of the server; a worker's replacement
-inherits the same socket, and connections that arrive in between wait in its backlog.
+on a Unix socket the path refuses connections until the replacement has started and taken
+it over (asm_proxy/unix_sockets.py; Envoy gets "connection refused" meanwhile), and on a
+shared TCP port the connections queued on the dead worker's SO_REUSEPORT socket are reset.
+A transport that accepts on an inherited socket (`Transport.start(sock=...)`) closes that
+gap: the supervisor makes one listening socket per worker index and keeps it for the life
+of the server; a worker's replacement (after a crash or a recycle) inherits the same
+socket, and connections that arrive in between wait in its backlog.
 
 On SIGTERM the supervisor closes them once the workers stop accepting (after
 `drainDelay`), so new connections are refused as before.
@@ -17,31 +18,50 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
+
+from asm_proxy import unix_sockets
 
 #: Connections the kernel queues for a listening socket (while a worker restarts, too).
 BACKLOG = 1024
 
 
-def unix_listener(address: str, mode: int) -> socket.socket:
-    """A listening Unix socket at `address` (unix:PATH) with permissions `mode`; a path
-    something still serves on is refused, a stale one replaced."""
-    from asm_proxy.server import _prepare_unix_socket  # the same checks as a lone server
+@dataclass
+class Listening:
+    """A listening socket the supervisor holds, and for a Unix socket the path and inode it
+    was put at (removed on close only if it is still this socket)."""
 
-    _prepare_unix_socket(address)
-    path = address[len("unix:") :]
+    sock: socket.socket
+    path: tuple[Path, int] | None = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def unix_listener(address: str, mode: int) -> Listening:
+    """A listening Unix socket at `address` (unix:PATH) with permissions `mode`; a path
+    something still serves on is refused, a stale one replaced (bound under a private name
+    and renamed over it, as a worker does: asm_proxy/unix_sockets.py)."""
+    path = unix_sockets.check(address)
+    if path.exists() and unix_sockets.in_use(path):
+        raise OSError(f"cannot listen on {address}: another server is serving on it")
+    private = unix_sockets.private_name(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
-        os.chmod(path, mode)
+        sock.bind(str(private))
+        os.chmod(private, mode)
         sock.listen(BACKLOG)
+        inode = unix_sockets.take_over(private, path)
     except OSError as exc:
         sock.close()
+        with contextlib.suppress(OSError):
+            private.unlink()
         raise OSError(f"cannot listen on {address}: {exc.strerror}") from None
-    return sock
+    return Listening(sock, (path, inode))
 
 
-def tcp_listener(address: str) -> socket.socket:
+def tcp_listener(address: str) -> Listening:
     """A listening SO_REUSEPORT socket on `address` (HOST:PORT, the port already held by
     the supervisor): one per worker, so the kernel spreads connections as before."""
     host, _, port = address.rpartition(":")
@@ -56,18 +76,13 @@ def tcp_listener(address: str) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot listen on {address}: {exc.strerror}") from None
-    return sock
+    return Listening(sock)
 
 
-def close(sockets: list[socket.socket]) -> None:
-    """Stop listening; a Unix socket's path goes too."""
-    for sock in sockets:
-        path = None
-        if sock.family == socket.AF_UNIX:
-            with contextlib.suppress(OSError):
-                path = sock.getsockname()
-        sock.close()
-        if path:
-            with contextlib.suppress(OSError):
-                Path(path).unlink()
-    sockets.clear()
+def close(listening: list[Listening]) -> None:
+    """Stop listening; a Unix socket's path goes too (unless something else has taken it)."""
+    for one in listening:
+        one.sock.close()
+        if one.path is not None:
+            unix_sockets.release(*one.path)
+    listening.clear()

@@ -14,12 +14,11 @@ import contextlib
 import logging
 import os
 import socket
-import stat
 from pathlib import Path
 
-from asm_proxy import offload
+from asm_proxy import offload, unix_sockets
 from asm_proxy.chain import Chain
-from asm_proxy.config import ConfigError, ServerSettings
+from asm_proxy.config import ConfigError, ServerSettings, decode_config
 from asm_proxy.health import Health
 from asm_proxy.loader import Loaded, load, load_text
 from asm_proxy.reload import ConfigWatcher
@@ -30,29 +29,6 @@ from asm_proxy.tls import CertificateFiles, TlsError
 from asm_proxy.transport import Transport, TransportUnavailable, create, resolve
 
 log = logging.getLogger("asm_proxy.server")
-
-
-def _prepare_unix_socket(address: str) -> None:
-    path = Path(address[len("unix:") :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            if unix_socket_in_use(path):
-                raise OSError(f"cannot listen on {address}: another server is serving on it")
-            path.unlink()  # left by a previous run; binding would fail
-
-
-def unix_socket_in_use(path: Path) -> bool:
-    """Whether something accepts connections on the Unix socket at `path`."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 class Server:
@@ -83,7 +59,7 @@ class Server:
         self.address = ""
         self.port = 0
         self.certificates: CertificateFiles | None = None
-        self._owns_path = True
+        self._socket: tuple[Path, int] | None = None  # a Unix socket's path and inode
 
     @property
     def settings(self) -> ServerSettings:
@@ -93,20 +69,35 @@ class Server:
     def chain(self) -> Chain:
         return self.state.chain
 
-    async def start(self, listen: str | None = None, *, sock: socket.socket | None = None) -> None:
-        """Serve on `listen` (default: the config's), or accept on `sock`, a listening
-        socket made by the supervisor for `listen` (transports that can)."""
+    async def start(
+        self,
+        listen: str | None = None,
+        *,
+        take_over: bool = False,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """Serve on `listen` (default: the config's). A Unix socket path something still
+        serves on is refused, unless `take_over` (a worker replacing another): then this
+        server's socket replaces it at the path once it serves. With `sock`, a listening
+        socket the supervisor made for `listen` (asm_proxy/listeners.py; transports that
+        can), there is no path to take: the server accepts on the supervisor's socket."""
         address = listen or self.settings.listen
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
         transport = create(self.transport_name)
         await self.state.chain.start()
+        bind = address
+        path = private = None
         if address.startswith("unix:") and sock is None:
-            _prepare_unix_socket(address)
+            path = unix_sockets.check(address)
+            if not take_over and path.exists() and unix_sockets.in_use(path):
+                raise OSError(f"cannot listen on {address}: another server is serving on it")
+            private = unix_sockets.private_name(path)
+            bind = f"unix:{private}"
         try:
             if self.settings.tls is not None:
                 self.certificates = CertificateFiles(self.settings.tls)
             port = await transport.start(
-                address,
+                bind,
                 self.services,
                 self.settings,
                 reuse_port=self.reuse_port,
@@ -117,19 +108,23 @@ class Server:
             raise OSError(f"cannot serve TLS on {address}: {exc}") from None
         except TransportUnavailable as exc:
             raise OSError(f"cannot serve on {address}: {exc}") from None
-        if address.startswith("unix:") and sock is None:
-            # Who may connect: the socket's permissions (the directory's group, see config).
-            os.chmod(address[len("unix:") :], self.settings.socket_mode)
+        except OSError as exc:
+            # Name the address asked for, not the private name bound first.
+            raise OSError(str(exc).replace(bind, address)) from None
+        if path is not None and private is not None:
+            # Who may connect: the socket's permissions (the directory's group, see config);
+            # set on the private name, they go with it when it takes over the path.
+            os.chmod(private, self.settings.socket_mode)
+            self._socket = (path, unix_sockets.take_over(private, path))
         self._transport = transport
         self.port = port
         self.address = (
             address if address.startswith("unix:") else f"{address.rpartition(':')[0]}:{port}"
         )
-        self._owns_path = sock is None  # an inherited socket's path is its maker's
         self.health.serving()
         if self.watch and self.config_path is not None and self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
-                self.config_path, self.settings.reload_interval, self.reload
+                self.config_path, self.settings.reload_interval, self._reload_settled
             )
             self._watch_task = asyncio.get_running_loop().create_task(self._watcher.run())
         self._info(
@@ -140,6 +135,24 @@ class Server:
             ", ".join(e.name for e in self.chain.entries) or "none",
         )
 
+    async def _reload_settled(self, data: bytes) -> bool:
+        """The watcher's callback: `data` is the file's content once it stood still."""
+        assert self.config_path is not None
+        try:
+            text = decode_config(self.config_path, data)
+        except ConfigError as exc:
+            return self._refused(exc)
+        return await self.reload(text)
+
+    def _refused(self, exc: ConfigError) -> bool:
+        counters.config_reload_failures += 1
+        log.error(
+            "config %s refused; the running chain stays:\n%s",
+            self.config_path,
+            "\n".join(f"  {p}" for p in exc.problems),
+        )
+        return False
+
     async def reload(self, text: str | None = None) -> bool:
         """Load the config file again (or `text`, as if it were the file's content); on any
         problem keep the running chain."""
@@ -148,13 +161,7 @@ class Server:
         try:
             loaded = load(self.config_path) if text is None else load_text(self.config_path, text)
         except ConfigError as exc:
-            counters.config_reload_failures += 1
-            log.error(
-                "config %s refused; the running chain stays:\n%s",
-                self.config_path,
-                "\n".join(f"  {p}" for p in exc.problems),
-            )
-            return False
+            return self._refused(exc)
         try:
             await loaded.chain.start()
         except Exception as exc:
@@ -192,19 +199,23 @@ class Server:
             await asyncio.sleep(delay)
         await self.stop(grace)
 
-    async def stop(self, grace: float | None = 5.0) -> None:
+    async def stop(self, grace: float | None = 5.0, *, not_serving: bool = True) -> None:
+        """Stop taking streams (GOAWAY), give those in flight `grace` seconds, stop.
+        `not_serving=False` (a recycled worker whose replacement already serves on the same
+        address) leaves health alone: on a shared TCP port Envoy's health check may be
+        talking to this worker for the whole address."""
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        self.health.shut_down()
+        if not_serving:
+            self.health.shut_down()
         if self._transport is not None:
             await self._transport.stop(grace)
         await self.state.chain.close()
         await offload.close_pool()
-        if self.address.startswith("unix:") and self._owns_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self.address[len("unix:") :])
+        if self._socket is not None:
+            unix_sockets.release(*self._socket)  # unless a successor has taken the path
 
     async def wait(self) -> None:
         if self._transport is not None:

@@ -5,8 +5,9 @@ plugins, chains or Envoy's messages. `Services` holds the rest:
 
 - `process(call)`: one ext_proc stream. Messages are read and answered one by one through
   the ext_proc state machine (`stream.Stream`) until Envoy ends the stream or nothing more
-  is needed; the returned `Status` is how the transport must end it (OK, the protocol
-  misuse with its message, or INTERNAL).
+  is needed; the returned `Status` is how the transport must end it (OK, the client's fault
+  with its reason, or INTERNAL). A client's fault is a throttled WARNING without a
+  traceback, asm-proxy's own a throttled ERROR with one (`faults.py`), on every transport.
 - `check(request, call)`: one ext_authz Check: the serialized CheckResponse, or the status
   to end the call with.
 - `health`: grpc.health.v1 (`health.Health`).
@@ -17,12 +18,11 @@ can route and refuse (UNIMPLEMENTED) without importing anything else.
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
-from asm_proxy import authz
+from asm_proxy import authz, faults
 from asm_proxy.caller import Caller
 from asm_proxy.health import CHECK_METHOD as HEALTH_CHECK
 from asm_proxy.health import WATCH_METHOD as HEALTH_WATCH
@@ -34,8 +34,6 @@ from asm_proxy.stream import ProtocolError, Stream
 from asm_proxy.tls import proven_peer
 from asm_proxy.wire import CHECK_METHOD, PROCESS_METHOD, CheckRequest, ProcessingRequest
 
-log = logging.getLogger("asm_proxy.server")
-
 #: gRPC method path -> how it is called ("stream": bidirectional, "unary", "server-stream").
 METHODS = {
     PROCESS_METHOD: "stream",
@@ -44,13 +42,35 @@ METHODS = {
     HEALTH_WATCH: "server-stream",
 }
 
+EXT_PROC_REQUEST = "envoy.service.ext_proc.v3.ProcessingRequest"
+CHECK_REQUEST = "envoy.service.auth.v3.CheckRequest"
+
 INTERNAL_STREAM = Status(Code.INTERNAL, "asm-proxy internal error on this stream; see its log")
 INTERNAL_CHECK = Status(Code.INTERNAL, "asm-proxy internal error during Check; see its log")
+
+
+def not_a(message: str, exc: DecodeError) -> str:
+    """The client's fault in Envoy's names (protobuf's text names asm-proxy's own copy of
+    the message type, which a client has never heard of)."""
+    reason = str(exc).rpartition("': ")[2] or "undecodable"
+    return f"not an {message}: {reason}"
+
+
+def client_fault(where: str, status: Status, peer: str) -> Status:
+    """A call refused for the client's fault: counted, a throttled WARNING; `status` back."""
+    counters.client_faults += 1
+    faults.client_fault(where, status.message, peer)
+    return status
 
 
 class Call(Protocol):
     def caller(self) -> Caller:
         """Who is calling, as the transport proved it (asked only when settings need it)."""
+        ...
+
+    def peer(self) -> str:
+        """The client's address for the log, as grpc writes it (`ipv4:HOST:PORT`,
+        `unix:PATH`)."""
         ...
 
 
@@ -87,7 +107,7 @@ class Services:
                     msg = parse(data)
                 except DecodeError as exc:
                     raise ProtocolError(
-                        Code.INVALID_ARGUMENT, f"not a ProcessingRequest: {exc}"
+                        Code.INVALID_ARGUMENT, not_a(EXT_PROC_REQUEST, exc)
                     ) from None
                 reply = await stream.handle(msg)
                 if reply is None:
@@ -102,11 +122,10 @@ class Services:
                     return OK  # nothing more is needed: end the stream
         except ProtocolError as exc:
             counters.streams_aborted += 1
-            log.info("ext_proc stream ended: %s", exc.message)
-            return Status(exc.code, exc.message)
-        except Exception:
+            return client_fault("ext_proc stream", Status(exc.code, exc.message), call.peer())
+        except Exception as exc:
             counters.streams_aborted += 1
-            log.exception("ext_proc stream failed inside asm-proxy")
+            faults.internal_fault("ext_proc stream", exc)
             return INTERNAL_STREAM
         finally:
             counters.streams_finished += 1
@@ -116,12 +135,12 @@ class Services:
         try:
             parsed = CheckRequest.FromString(request)
         except DecodeError as exc:
-            log.info("ext_authz Check refused: not a CheckRequest: %s", exc)
-            return Status(Code.INVALID_ARGUMENT, f"not a CheckRequest: {exc}")
+            refusal = Status(Code.INVALID_ARGUMENT, not_a(CHECK_REQUEST, exc))
+            return client_fault("ext_authz Check", refusal, call.peer())
         caller = call.caller() if self.state.settings.proves_peers else Caller()
         try:
             answer = await authz.decide(self.state, parsed, caller)
-        except Exception:
-            log.exception("ext_authz Check failed inside asm-proxy")
+        except Exception as exc:
+            faults.internal_fault("ext_authz Check", exc)
             return INTERNAL_CHECK
         return answer.SerializeToString()

@@ -11,6 +11,10 @@ processes. The supervisor serves no traffic itself. It
   socket becomes one socket per worker, `PATH.0`, `PATH.1`, ..., which Envoy's cluster lists
   as endpoints (with one worker the path is used as given);
 - restarts a worker that dies, at once (with a backoff only when it keeps dying);
+- recycles a worker past `maxStreamsPerWorker` streams or `maxWorkerRss` bytes: its
+  replacement starts and serves on the same address first (a Unix socket path is taken
+  over by an atomic rename, see unix_sockets), then the old one stops taking streams,
+  finishes those in flight and exits;
 - fans config reloads out: it watches the file, checks a new one once, and hands every
   worker the same text; each swaps atomically, and if any refuses, those that had already
   swapped are put back, so all keep running the same config;
@@ -37,10 +41,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from asm_proxy import listeners
-from asm_proxy.config import ConfigError, ServerSettings, read_config_text
+from asm_proxy import listeners, unix_sockets
+from asm_proxy.config import ConfigError, ServerSettings, decode_config, read_config_bytes
 from asm_proxy.loader import load_text
 from asm_proxy.reload import ConfigWatcher
+from asm_proxy.stats import counters
 from asm_proxy.transport import resolve
 
 log = logging.getLogger("asm_proxy.supervisor")
@@ -52,8 +57,23 @@ START_TIMEOUT = 60.0
 STABLE_AFTER = 10.0
 RESTART_BACKOFF = 0.25
 RESTART_BACKOFF_MAX = 5.0
+#: How often the workers' stream counts and RSS are compared with the recycling limits.
+RECYCLE_CHECK = 2.0
 
-_WORKER_BOOT = "from asm_proxy.worker import main; main()"
+#: A worker's first lines, before any import of weight: Linux is asked to send SIGUSR2
+#: (worker.SUPERVISOR_GONE; its default action ends the process) when the supervisor dies
+#: (prctl PR_SET_PDEATHSIG = 1); a supervisor that died before that is seen by the parent pid
+#: no longer being its own. Then the worker proper.
+_WORKER_BOOT = """\
+import os, signal, sys
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None).prctl(1, int(signal.SIGUSR2), 0, 0, 0)
+    if os.getppid() != int(sys.argv[sys.argv.index("--supervisor-pid") + 1]):
+        os._exit(3)
+from asm_proxy.worker import main
+main()
+"""
 
 
 class WorkerStartError(RuntimeError):
@@ -135,6 +155,8 @@ class WorkerHandle:
         self.reader = reader
         self.writer = writer
         self.started_at = 0.0
+        #: Replaced on purpose (recycled): its exit is no crash to restart from.
+        self.retired = False
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader_task: asyncio.Task[None] | None = None
@@ -209,7 +231,7 @@ class Supervisor:
         #: Overrides the config's `transport` (`serve --transport`).
         self.transport = transport
         #: Listening sockets the workers inherit, one per worker index (nghttp2 transport).
-        self.sockets: list[socket.socket] = []
+        self.sockets: list[listeners.Listening] = []
         self.settings = ServerSettings()
         self.workers: list[WorkerHandle] = []
         self.addresses: list[str] = []
@@ -220,12 +242,18 @@ class Supervisor:
         self._watcher: ConfigWatcher | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
+        self._retiring: set[WorkerHandle] = set()  # recycled workers still finishing streams
+        self._useless_rss_limit = 0  # a maxWorkerRss a fresh worker is already above
 
     # -- starting ------------------------------------------------------------------
 
-    def _read(self) -> tuple[str, ServerSettings, list[str]]:
-        text = read_config_text(self.config_path)  # raises ConfigError
-        loaded = load_text(self.config_path, text)  # raises ConfigError
+    def _read(self, data: bytes | None = None) -> tuple[str, ServerSettings, list[str]]:
+        """Check the file (or `data`, its content as the watcher saw it settle) with the
+        same loader and messages as `validate`; raises ConfigError."""
+        if data is None:
+            data = read_config_bytes(self.config_path)
+        text = decode_config(self.config_path, data)
+        loaded = load_text(self.config_path, text)
         for warning in loaded.warnings:
             log.warning("%s", warning)
         return text, loaded.settings, [e.name for e in loaded.chain.entries]
@@ -239,6 +267,11 @@ class Supervisor:
         if not listen.startswith("unix:"):
             self._holder, listen = reserve_tcp_port(listen)
         self.addresses = worker_addresses(listen, count)
+        for address in self.addresses:
+            if address.startswith("unix:"):  # once here, not N times by the workers
+                path = unix_sockets.check(address)
+                if path.exists() and unix_sockets.in_use(path):
+                    raise OSError(f"cannot listen on {address}: another server is serving on it")
         if resolve(self.transport or self.settings.transport) == "nghttp2":
             try:
                 self._listen_for_workers()
@@ -260,9 +293,13 @@ class Supervisor:
             raise failure
         for handle in self.workers:
             self._watch(handle)
+        self._spawn_task(self._recycle_when_due())
         if self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
-                self.config_path, self.settings.reload_interval, self.reload
+                self.config_path,
+                self.settings.reload_interval,
+                self.reload,
+                initial=self._text.encode(),
             )
             self._spawn_task(self._watcher.run())
         log.info(
@@ -278,18 +315,30 @@ class Supervisor:
         """The supervisor's own listening sockets (see asm_proxy/listeners.py)."""
         for address in self.addresses:
             if address.startswith("unix:"):
-                sock = listeners.unix_listener(address, self.settings.socket_mode)
+                made = listeners.unix_listener(address, self.settings.socket_mode)
             else:
-                sock = listeners.tcp_listener(address)
-            self.sockets.append(sock)
+                made = listeners.tcp_listener(address)
+            self.sockets.append(made)
 
-    async def _spawn(self, index: int) -> WorkerHandle:
+    async def _spawn(self, index: int, *, take_over: bool = False) -> WorkerHandle:
+        """Start worker `index` and wait until it serves. `take_over`: its Unix socket path
+        may be held by a live worker (one being recycled): replace it there (not with a
+        socket the supervisor holds: the replacement accepts on that same socket)."""
         address = self.addresses[index]
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         # The worker imports plugins exactly as this process would.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        argv = ["--index", str(index), "--control-fd", str(theirs.fileno()), "--listen", address]
+        argv = [
+            "--supervisor-pid",
+            str(os.getpid()),
+            "--index",
+            str(index),
+            "--control-fd",
+            str(theirs.fileno()),
+            "--listen",
+            address,
+        ]
         if not address.startswith("unix:"):
             argv.append("--reuse-port")
         if self.transport is not None:
@@ -315,12 +364,25 @@ class Supervisor:
             theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         handle = WorkerHandle(index, address, proc, reader, writer)
-        _send(writer, {"op": "start", "path": str(self.config_path), "config": self._text})
+        _send(
+            writer,
+            {
+                "op": "start",
+                "path": str(self.config_path),
+                "config": self._text,
+                "take_over": take_over,
+            },
+        )
         try:
             line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
             message = json.loads(line) if line else {}
         except (TimeoutError, ValueError, ConnectionError):
             message = {}
+        except BaseException:  # cancelled (shutdown): no half-started worker left behind
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            handle.close()
+            raise
         if message.get("op") != "ready":
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -346,9 +408,14 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         code = await handle.proc.wait()
         handle.close()
-        if self._stopping:
+        self._retiring.discard(handle)
+        if self._stopping or handle.retired:
             return
-        died_at = loop.time()
+        await self._restart(handle, code, loop.time())
+
+    async def _restart(self, handle: WorkerHandle, code: int | None, died_at: float) -> None:
+        """Start a worker in the place of `handle`, which exited with `code`."""
+        loop = asyncio.get_running_loop()
         lived = died_at - handle.started_at
         backoff = 0.0 if lived >= STABLE_AFTER else RESTART_BACKOFF
         log.warning(
@@ -362,7 +429,9 @@ class Supervisor:
             if backoff:
                 await asyncio.sleep(backoff)
             try:
-                new = await self._spawn(handle.index)
+                # Take over: the dead worker's socket file is still there (and a worker
+                # that was being recycled when this one died may still serve on it).
+                new = await self._spawn(handle.index, take_over=True)
             except WorkerStartError as exc:
                 log.error("%s; trying again", exc)
                 backoff = min(max(backoff * 2, RESTART_BACKOFF), RESTART_BACKOFF_MAX)
@@ -372,6 +441,7 @@ class Supervisor:
                 return
             self.workers[handle.index] = new
             self.restarts += 1
+            counters.worker_restarts += 1
             log.info(
                 "worker %d restarted as pid %d, serving %.0fms after the old one died",
                 new.index,
@@ -380,6 +450,76 @@ class Supervisor:
             )
             self._watch(new)
             return
+
+    # -- recycling -----------------------------------------------------------------
+
+    async def _recycle_when_due(self) -> None:
+        """Every RECYCLE_CHECK seconds, recycle the workers past a limit, one at a time."""
+        while not self._stopping:
+            await asyncio.sleep(RECYCLE_CHECK)
+            if not any(self._limits()):
+                continue
+            for stats in await self.stats():
+                reason = _due(stats, *self._limits())  # limits as they are after a recycle
+                handle = self.workers[stats["index"]]
+                if reason and handle.pid == stats["pid"] and not self._stopping:
+                    await self.recycle(handle, reason)
+
+    def _limits(self) -> tuple[int, int]:
+        """(maxStreamsPerWorker, maxWorkerRss), 0 for none (an RSS limit below a fresh
+        worker is none)."""
+        rss = self.settings.max_worker_rss
+        return self.settings.max_streams_per_worker, 0 if rss == self._useless_rss_limit else rss
+
+    async def recycle(self, old: WorkerHandle, reason: str) -> bool:
+        """Start `old`'s replacement; once it serves, `old` stops taking streams and
+        finishes those in flight (up to drainTimeout). False if the replacement failed to
+        start (`old` keeps serving; a later check tries again)."""
+        log.info("worker %d (pid %d) %s; starting its replacement", old.index, old.pid, reason)
+        old.retired = True  # from now on its exit is expected, not a crash
+        try:
+            new = await self._spawn(old.index, take_over=True)
+        except WorkerStartError as exc:
+            log.error("%s; worker %d keeps serving", exc, old.index)
+            old.retired = False
+            if not old.alive:  # it died meanwhile, unwatched: restart it as a crash
+                loop = asyncio.get_running_loop()
+                self._spawn_task(self._restart(old, old.proc.returncode, loop.time()))
+            return False
+        if self._stopping:
+            new.tell({"op": "stop"})
+            return False
+        self.workers[old.index] = new
+        self._watch(new)
+        if old.alive:
+            self._retiring.add(old)
+        counters.worker_recycles += 1
+        old.tell({"op": "retire", "grace": self.settings.drain_timeout})
+        log.info(
+            "worker %d recycled: pid %d serves, pid %d finishes its streams in flight",
+            old.index,
+            new.pid,
+            old.pid,
+        )
+        await self._check_rss_limit(new)
+        return True
+
+    async def _check_rss_limit(self, new: WorkerHandle) -> None:
+        """A limit below what a fresh worker already holds would recycle every worker at
+        every check: say so once, and recycle on RSS no more until the limit changes."""
+        limit = self.settings.max_worker_rss
+        if not limit or limit == self._useless_rss_limit:
+            return
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            rss = int((await new.request({"op": "stats"}, wait=10)).get("rss", 0))
+            if rss >= limit:
+                self._useless_rss_limit = limit
+                log.warning(
+                    "a fresh worker already holds %.0f MiB, above maxWorkerRss (%.0f MiB): "
+                    "not recycling on memory until the limit is raised",
+                    rss / 2**20,
+                    limit / 2**20,
+                )
 
     # -- reloading -----------------------------------------------------------------
 
@@ -390,12 +530,14 @@ class Supervisor:
         else:
             self._spawn_task(self.reload())
 
-    async def reload(self) -> bool:
-        """Check the file once; if good, every worker swaps to it (or none does)."""
+    async def reload(self, data: bytes | None = None) -> bool:
+        """Check the file (or `data`, its settled content) once; if good, every worker swaps
+        to it (or none does)."""
         async with self._reload_lock:
             try:
-                text, settings, names = self._read()
+                text, settings, names = self._read(data)
             except ConfigError as exc:
+                counters.config_reload_failures += 1
                 log.error(
                     "config %s refused; the running chain stays:\n%s",
                     self.config_path,
@@ -420,10 +562,12 @@ class Supervisor:
                     *(w.request({"op": "reload", "config": self._text}) for w in swapped),
                     return_exceptions=True,
                 )
+                counters.config_reload_failures += 1
                 return False
             if settings.listen != self.settings.listen or settings.workers != self.settings.workers:
                 log.warning("listen and workers changes take effect on restart")
             self._text, self.settings = text, settings
+            counters.config_reloads += 1
             log.info(
                 "config %s reloaded in %d worker(s): %s",
                 self.config_path,
@@ -445,6 +589,11 @@ class Supervisor:
             *(w.request({"op": "stats"}, wait=10) for w in workers), return_exceptions=True
         )
         return [r for r in replies if isinstance(r, dict)]
+
+    def own_stats(self) -> dict[str, Any]:
+        """The supervisor's own {pid, counters}: reloads, restarts, recycles, the config
+        file's state."""
+        return {"pid": os.getpid(), "counters": counters.snapshot()}
 
     @property
     def pids(self) -> list[int]:
@@ -476,7 +625,7 @@ class Supervisor:
         """Stop now: streams in flight are cut; stragglers are killed after 2 seconds."""
         self._stopping = True
         self._stop_tasks()
-        for handle in self.workers:
+        for handle in (*self.workers, *self._retiring):
             handle.tell({"op": "stop"})
         await self._wait_all(2.0)
         self._release()
@@ -486,7 +635,7 @@ class Supervisor:
             task.cancel()
 
     async def _wait_all(self, limit: float) -> None:
-        procs = [w.proc for w in self.workers]
+        procs = [w.proc for w in (*self.workers, *self._retiring)]
         if not procs:
             return
         _, pending = await asyncio.wait(
@@ -495,15 +644,16 @@ class Supervisor:
         if pending:
             log.warning("%d worker(s) did not stop in time; killing them", len(pending))
             await self._kill_all()
-        for handle in self.workers:
+        for handle in (*self.workers, *self._retiring):
             handle.close()
 
     async def _kill_all(self) -> None:
-        for handle in self.workers:
+        everyone = (*self.workers, *self._retiring)
+        for handle in everyone:
             if handle.alive:
                 with contextlib.suppress(ProcessLookupError):
                     handle.proc.kill()
-        for handle in self.workers:
+        for handle in everyone:
             await handle.proc.wait()
 
     def _release(self) -> None:
@@ -511,6 +661,17 @@ class Supervisor:
         if self._holder is not None:
             self._holder.close()
             self._holder = None
+
+
+def _due(stats: dict[str, Any], max_streams: int, max_rss: int) -> str | None:
+    """Why a worker with these stats is due for recycling, or None."""
+    started = int(stats.get("counters", {}).get("streams_started", 0))
+    rss = int(stats.get("rss", 0))
+    if max_streams and started >= max_streams:
+        return f"served {started} streams (maxStreamsPerWorker {max_streams})"
+    if max_rss and rss >= max_rss:
+        return f"holds {rss / 2**20:.0f} MiB (maxWorkerRss {max_rss / 2**20:.0f} MiB)"
+    return None
 
 
 def _ok(reply: object) -> bool:

@@ -1,20 +1,30 @@
 """One worker process: a `Server` driven by the supervisor over a socketpair.
 
-Started by the supervisor as `python -c "from asm_proxy.worker import main; main()"
---index I --control-fd FD --listen ADDRESS [--reuse-port] [--transport NAME]
-[--listen-fd FD]` (a listening socket the supervisor owns, asm_proxy/listeners.py). The first
-message brings the config text (the supervisor's last good one, so a restart never reads a
-file that has gone bad since); then, one JSON object a line:
+Started by the supervisor (supervisor._WORKER_BOOT) with `--supervisor-pid P --index I
+--control-fd FD --listen ADDRESS [--reuse-port] [--transport NAME] [--listen-fd FD]` (a
+listening socket the supervisor owns, asm_proxy/listeners.py). The first message brings the
+config text (the supervisor's last good one, so a restart never reads a file that has gone
+bad since) and whether to take a Unix socket path over from a worker still serving on it (a
+restart or a recycle; not needed on a socket the supervisor owns); then, one JSON object a
+line:
 
     {"op": "reload", "config": TEXT, "id": n} -> {"id": n, "ok": bool}
     {"op": "stats", "id": n}                  -> {"id": n, "index", "pid", "address",
-                                                  "in_flight", "counters"}
+                                                  "in_flight", "rss", "counters"}
     {"op": "drain", "delay": s, "grace": s}      NOT_SERVING, then stop (see Server.drain)
+    {"op": "retire", "grace": s}                 a replacement serves: stop taking streams,
+                                                 finish those in flight, exit
     {"op": "stop"}                               stop now
 
-If the supervisor goes away (its end of the socket closes), the worker stops too, so no
-orphan keeps the port. SIGTERM sent to a worker directly drains it like the supervisor's
-"drain"; SIGINT is ignored (a terminal's Ctrl-C is the supervisor's to handle).
+A worker never outlives its supervisor: nothing would restart, reload or stop it, and it
+would hold the port. Linux sends SUPERVISOR_GONE (SIGUSR2) when the supervisor dies (set up by
+the first line the worker runs, see supervisor._WORKER_BOOT; its default action ends a worker
+that is not serving yet), and the control channel reports end of file or an error. Either
+way the worker lets streams in flight finish for ORPHAN_GRACE and is gone within
+ORPHAN_DEADLINE (SIGALRM's default action ends it then, whatever it is doing).
+
+SIGTERM sent to a worker directly drains it like the supervisor's "drain"; SIGINT is ignored
+(a terminal's Ctrl-C is the supervisor's to handle).
 """
 
 from __future__ import annotations
@@ -39,6 +49,13 @@ from asm_proxy.stats import counters
 
 log = logging.getLogger("asm_proxy.worker")
 
+#: What Linux sends a worker when its supervisor dies (prctl PR_SET_PDEATHSIG).
+SUPERVISOR_GONE = signal.SIGUSR2
+#: A worker whose supervisor is gone gives streams in flight this long to finish...
+ORPHAN_GRACE = 0.5
+#: ...and ends (SIGALRM, default action) this long after it noticed, stuck or not.
+ORPHAN_DEADLINE = 0.9
+
 
 class Worker:
     def __init__(
@@ -58,6 +75,8 @@ class Worker:
         self.server: Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._drain: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._orphaned = False
 
     def _send(self, message: dict[str, Any]) -> None:
         writer = self._writer
@@ -67,10 +86,13 @@ class Worker:
     async def run(self, control_fd: int) -> int:
         sock = socket.socket(fileno=control_fd)
         reader, self._writer = await asyncio.open_connection(sock=sock)
-        first = await reader.readline()
-        if not first:
-            return 1
-        start = json.loads(first)
+        try:
+            first = await reader.readline()
+            start = json.loads(first) if first else None
+        except (OSError, ValueError):
+            start = None
+        if start is None:
+            return 1  # the supervisor went away before saying what to serve
         try:
             loaded = load_text(start["path"], start["config"])
             logging.getLogger().setLevel(loaded.settings.log_level.upper())
@@ -85,7 +107,7 @@ class Worker:
             listening = None
             if self.listen_fd is not None:
                 listening = socket.socket(fileno=self.listen_fd)
-            await server.start(self.listen, sock=listening)
+            await server.start(self.listen, take_over=bool(start.get("take_over")), sock=listening)
         except ConfigError as exc:
             self._send({"op": "failed", "error": "; ".join(str(p) for p in exc.problems)})
             return 1
@@ -93,7 +115,10 @@ class Worker:
             self._send({"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
             return 1
         self.server = server
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        # A plain handler, not the loop's: it runs even while a hook blocks the loop, and
+        # arms the deadline that ends the process if the loop never gets to stop.
+        signal.signal(SUPERVISOR_GONE, lambda signum, frame: self.orphaned("it died"))
         loop.add_signal_handler(
             signal.SIGTERM,
             lambda: self.drain(server.settings.drain_delay, server.settings.drain_timeout),
@@ -115,15 +140,51 @@ class Worker:
                 await self._drain
         return 0
 
+    def orphaned(self, how: str) -> None:
+        """The supervisor is gone: stop within ORPHAN_DEADLINE. Safe from a signal handler."""
+        if self._orphaned or self._loop is None:
+            return
+        self._orphaned = True
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, ORPHAN_DEADLINE)
+        self._loop.call_soon_threadsafe(self._stop_orphan, how)
+
+    def _stop_orphan(self, how: str) -> None:
+        server = self.server
+        assert server is not None
+        log.warning(
+            "worker %d: supervisor gone (%s); stopping, %d stream(s) in flight get %.1fs",
+            self.index,
+            how,
+            server.chain.in_flight,
+            ORPHAN_GRACE,
+        )
+
+        async def stop() -> None:
+            with contextlib.suppress(Exception):
+                await server.stop(ORPHAN_GRACE)
+            os._exit(0)
+
+        asyncio.get_running_loop().create_task(stop())
+
     async def _control(self, reader: asyncio.StreamReader) -> None:
+        try:
+            await self._serve_control(reader)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A write to a supervisor that died puts the error on the reader (a broken pipe
+            # or a reset), not an end of file: the same news.
+            self.orphaned(f"control channel: {exc!r}")
+        else:
+            self.orphaned("control channel closed")
+
+    async def _serve_control(self, reader: asyncio.StreamReader) -> None:
         server = self.server
         assert server is not None
         while True:
             line = await reader.readline()
             if not line:
-                # The supervisor is gone: nobody would restart, reload or stop us.
-                log.warning("worker %d: supervisor gone; stopping", self.index)
-                self.drain(0.0, min(server.settings.drain_timeout, 5.0))
                 return
             message = json.loads(line)
             op = message.get("op")
@@ -138,11 +199,14 @@ class Worker:
                         "pid": os.getpid(),
                         "address": server.address,
                         "in_flight": server.chain.in_flight,
+                        "rss": resident_bytes(),
                         "counters": counters.snapshot(),
                     }
                 )
             elif op == "drain":
                 self.drain(float(message["delay"]), float(message["grace"]))
+            elif op == "retire":
+                self.retire(float(message["grace"]))
             elif op == "stop":
                 log.warning(
                     "worker %d: stopping now; %d stream(s) cut", self.index, server.chain.in_flight
@@ -157,9 +221,36 @@ class Worker:
         if self._drain is None and self.server is not None:
             self._drain = asyncio.get_running_loop().create_task(self.server.drain(delay, grace))
 
+    def retire(self, grace: float) -> None:
+        """Recycled: the replacement already serves on this address. No NOT_SERVING (on a
+        shared TCP port the health check may be talking to this worker for all of them):
+        stop taking streams now, let those in flight finish, exit."""
+        server = self.server
+        if self._drain is None and server is not None:
+            log.info(
+                "worker %d: retiring; %d stream(s) in flight get up to %.0fs",
+                self.index,
+                server.chain.in_flight,
+                grace,
+            )
+            self._drain = asyncio.get_running_loop().create_task(
+                server.stop(grace, not_serving=False)
+            )
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (what maxWorkerRss is compared with)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="asm-proxy worker")
+    # Read by supervisor._WORKER_BOOT before this runs (the parent-death check).
+    parser.add_argument("--supervisor-pid", type=int)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--listen", required=True)

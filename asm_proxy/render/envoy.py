@@ -2,10 +2,13 @@
 
 `filters()` gives the ext_proc filter (and the ext_authz filter with `authzVia: ext_authz`)
 configured from `EnvoyNeeds`; `cluster()` the cluster that reaches asm-proxy in its
-placement, with gRPC health checks (a draining instance answers NOT_SERVING and Envoy stops
-sending to it within one interval) and outlier detection (an endpoint that refuses
-connections is ejected); `bootstrap()` a complete Envoy config around them. Messages are
-turned into plain dicts (snake_case, `@type` for Any) for YAML.
+placement; `bootstrap()` a complete Envoy config around them. Messages are turned into
+plain dicts (snake_case, `@type` for Any) for YAML.
+
+What keeps a worker's death, a recycle or a drain from costing requests (health checks,
+outlier detection, the `grpc_service` retry policy, `max_requests_per_connection`, the
+graceful-close runtime flag) is asm_proxy.envoy_cluster's, the settings the reliability
+drills prove: read here from there, never restated.
 
 This is where envoy-data-plane belongs: building configuration, where types help and speed
 does not matter; it is never imported on the request path.
@@ -26,6 +29,7 @@ with warnings.catch_warnings():
         Admin,
         Bootstrap,
         BootstrapStaticResources,
+        LayeredRuntime,
     )
     from envoy_data_plane.envoy.config.cluster.v3 import (
         Cluster,
@@ -39,10 +43,6 @@ with warnings.catch_warnings():
         ApiVersion,
         DataSource,
         GrpcService,
-        GrpcServiceEnvoyGrpc,
-        HealthCheck,
-        HealthCheckGrpcHealthCheck,
-        Http2ProtocolOptions,
         Node,
         Pipe,
         SocketAddress,
@@ -76,6 +76,9 @@ with warnings.catch_warnings():
         HttpConnectionManager,
         HttpFilter,
     )
+
+    # Imported for their registration: envoy_cluster's dicts hold Anys of these types.
+    from envoy_data_plane.envoy.extensions.retry.host.previous_hosts import v3 as _hosts  # noqa: F401
     from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
         CertificateValidationContext,
         CommonTlsContext,
@@ -84,13 +87,11 @@ with warnings.catch_warnings():
         TlsCertificate,
         UpstreamTlsContext,
     )
-    from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
-        HttpProtocolOptions,
-        HttpProtocolOptionsExplicitHttpConfig,
-    )
+    from envoy_data_plane.envoy.extensions.upstreams.http import v3 as _http  # noqa: F401
     from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
     from envoy_data_plane.google.protobuf import Any as AnyMessage
 
+from asm_proxy import envoy_cluster
 from asm_proxy.plugin import BodyAccess
 from asm_proxy.render.needs import EnvoyNeeds
 from asm_proxy.render.placement import Placement
@@ -100,9 +101,7 @@ EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
-CLUSTER_NAME = "asm_proxy"
-#: The HTTP/2 protocol options extension a cluster carries.
-HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+CLUSTER_NAME = envoy_cluster.ASM_PROXY_CLUSTER
 
 _BODY_MODES = {
     BodyAccess.NONE: ProcessingModeBodySendMode.NONE,
@@ -113,7 +112,18 @@ _BODY_MODES = {
 
 def as_dict(message: betterproto2.Message) -> dict[str, Any]:
     """A message as Envoy's YAML/JSON config reads it (proto field names, `@type` on Any)."""
-    return message.to_dict(casing=betterproto2.Casing.SNAKE)
+    named: dict[str, Any] = _proto_names(message.to_dict(casing=betterproto2.Casing.SNAKE))
+    return named
+
+
+def _proto_names(value: Any) -> Any:
+    """betterproto2 snake-cases `consecutive_5xx` as `consecutive_5_xx`, a name Envoy
+    refuses; put the proto's names back."""
+    if isinstance(value, dict):
+        return {k.replace("_5_xx", "_5xx"): _proto_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_proto_names(v) for v in value]
+    return value
 
 
 def _seconds(value: float) -> timedelta:
@@ -126,7 +136,7 @@ def _send(flag: bool) -> ProcessingModeHeaderSendMode:
 
 def ext_proc_filter(needs: EnvoyNeeds, cluster: str = CLUSTER_NAME) -> HttpFilter:
     config = ExternalProcessor(
-        grpc_service=GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=cluster)),
+        grpc_service=GrpcService.from_dict(envoy_cluster.grpc_service(cluster)),
         failure_mode_allow=needs.failure_mode_allow,
         message_timeout=_seconds(needs.message_timeout),
         allow_mode_override=needs.allow_mode_override,
@@ -152,9 +162,8 @@ def ext_proc_filter(needs: EnvoyNeeds, cluster: str = CLUSTER_NAME) -> HttpFilte
 
 def ext_authz_filter(needs: EnvoyNeeds, cluster: str = CLUSTER_NAME) -> HttpFilter:
     config = ExtAuthz(
-        grpc_service=GrpcService(
-            envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=cluster),
-            timeout=_seconds(needs.authz_timeout),
+        grpc_service=GrpcService.from_dict(
+            envoy_cluster.grpc_service(cluster, timeout=f"{needs.authz_timeout}s")
         ),
         transport_api_version=ApiVersion.V3,
         failure_mode_allow=needs.authz_failure_mode_allow,
@@ -177,34 +186,21 @@ def filters(needs: EnvoyNeeds, cluster: str = CLUSTER_NAME) -> list[HttpFilter]:
     return out
 
 
-def health_check(needs: EnvoyNeeds) -> HealthCheck:
-    """gRPC health checks that notice a draining instance within its drainDelay: asm-proxy
-    says NOT_SERVING at once and keeps serving for drainDelay, so checking about three
-    times per drainDelay (never more often than every 200 ms) moves Envoy away in time;
-    `no_traffic_interval` keeps checking an idle cluster as often."""
-    interval = max(0.2, needs.settings.drain_delay / 3)
-    service = EXT_PROC_SERVICE if needs.ext_proc else AUTHZ_SERVICE
-    return HealthCheck(
-        timeout=_seconds(min(1.0, interval * 2)),
-        interval=_seconds(interval),
-        no_traffic_interval=_seconds(interval),
-        unhealthy_threshold=1,
-        healthy_threshold=1,
-        grpc_health_check=HealthCheckGrpcHealthCheck(service_name=service),
-    )
-
-
-def outlier_detection() -> OutlierDetection:
-    """Eject an endpoint that refuses connections or resets streams (a worker that died, a
-    replica killed) after two in a row, for a few seconds; never eject the last half."""
-    return OutlierDetection(
-        split_external_local_origin_errors=True,
-        consecutive_local_origin_failure=2,
-        consecutive_gateway_failure=2,
-        interval=_seconds(1.0),
-        base_ejection_time=_seconds(5.0),
-        max_ejection_percent=50,
-    )
+def _typed_cluster(spec: dict[str, Any]) -> Cluster:
+    """envoy_cluster's dict as a typed Cluster. betterproto2 names `enforcing_consecutive_5xx`
+    differently from the dict key its from_dict derives, so that block is set by attribute."""
+    spec = dict(spec)
+    outliers = spec.pop("outlier_detection", None)
+    out = Cluster.from_dict(spec)
+    if outliers is not None:
+        fives = {k: v for k, v in outliers.items() if "5xx" in k}
+        detection = OutlierDetection.from_dict(
+            {k: v for k, v in outliers.items() if k not in fives}
+        )
+        for key, value in fives.items():
+            setattr(detection, key, value)
+        out.outlier_detection = detection
+    return out
 
 
 def _address(endpoint: str) -> Address:
@@ -246,32 +242,18 @@ def _client_tls(placement: Placement) -> TransportSocket | None:
 
 def cluster(needs: EnvoyNeeds, placement: Placement, name: str = CLUSTER_NAME) -> Cluster:
     """The HTTP/2 cluster that reaches asm-proxy: one endpoint per worker socket (Envoy
-    spreads streams over them round-robin), or the Service's name (DNS)."""
-    protocol = HttpProtocolOptions(
-        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-            http2_protocol_options=Http2ProtocolOptions()
-        )
-    )
-    out = Cluster(
+    spreads streams over them round-robin), or the Service's name (DNS), with the health
+    checks, outlier detection and connection limits of envoy_cluster."""
+    service = EXT_PROC_SERVICE if needs.ext_proc else AUTHZ_SERVICE
+    spec = envoy_cluster.asm_proxy_cluster(
+        placement.endpoints,
         name=name,
-        type=ClusterDiscoveryType.STATIC if placement.unix else ClusterDiscoveryType.STRICT_DNS,
-        connect_timeout=_seconds(1.0),
-        typed_extension_protocol_options={HTTP_PROTOCOL_OPTIONS: AnyMessage.pack(protocol)},
-        load_assignment=ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[
-                LocalityLbEndpoints(
-                    lb_endpoints=[
-                        LbEndpoint(endpoint=Endpoint(address=_address(e)))
-                        for e in placement.endpoints
-                    ]
-                )
-            ],
-        ),
-        health_checks=[health_check(needs)],
-        outlier_detection=outlier_detection(),
+        health_check_service=service,
+        health_check_interval=envoy_cluster.health_check_interval(needs.settings.drain_delay),
     )
+    out = _typed_cluster(spec)
     if not placement.unix:
+        out.type = ClusterDiscoveryType.STRICT_DNS
         out.dns_lookup_family = ClusterDnsLookupFamily.V4_PREFERRED
     transport = _client_tls(placement)
     if transport is not None:
@@ -331,6 +313,7 @@ def bootstrap(
     )
     return Bootstrap(
         node=Node(id="asm-proxy-envoy", cluster="asm-proxy-envoy"),
+        layered_runtime=LayeredRuntime.from_dict(envoy_cluster.layered_runtime()),
         admin=Admin(address=_address(admin)),
         static_resources=BootstrapStaticResources(
             listeners=[listener], clusters=[cluster(needs, placement), upstream_cluster]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from asm_proxy import envoy_cluster
 from asm_proxy.loader import Loaded
 from asm_proxy.render import envoy
 from asm_proxy.render.needs import EnvoyNeeds
@@ -106,7 +107,9 @@ def envoy_filter(
 
 
 def destination_rule(placement: Placement) -> dict[str, Any]:
-    """Central mode: mTLS to the replicas, HTTP/2, and failing replicas ejected."""
+    """Central mode: mTLS to the replicas, HTTP/2, and envoy_cluster's ejection and
+    connection spreading in Istio's words (a replica that refuses connections is ejected
+    at once; an error status, a plugin's, would be the same on every replica)."""
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
@@ -115,22 +118,40 @@ def destination_rule(placement: Placement) -> dict[str, Any]:
             "host": placement.host,
             "trafficPolicy": {
                 "tls": {"mode": "ISTIO_MUTUAL"},
-                "connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}},
+                "connectionPool": {
+                    "http": {
+                        "h2UpgradePolicy": "UPGRADE",
+                        "maxRequestsPerConnection": envoy_cluster.MAX_REQUESTS_PER_CONNECTION,
+                    }
+                },
                 "outlierDetection": {
-                    "consecutiveGatewayErrors": 2,
-                    "consecutiveLocalOriginFailures": 2,
                     "splitExternalLocalOriginErrors": True,
+                    "consecutiveLocalOriginFailures": 1,
+                    "consecutive5xxErrors": 0,
                     "interval": "1s",
-                    "baseEjectionTime": "5s",
-                    "maxEjectionPercent": 50,
+                    "baseEjectionTime": "1s",
+                    "maxEjectionPercent": 100,
                 },
             },
         },
     }
 
 
-def extension_provider(needs: EnvoyNeeds, placement: Placement) -> dict[str, Any]:
-    """The meshConfig entry that makes asm-proxy an ext_authz provider (central mode)."""
+def mesh_config(needs: EnvoyNeeds, placement: Placement) -> dict[str, Any]:
+    """The meshConfig to merge into istiod's: envoy_cluster's runtime flags for every proxy
+    (`defaultConfig.runtimeValues`; a pod can carry them in its `proxy.istio.io/config`
+    annotation instead), and in central mode with ext_authz the extension provider that
+    makes asm-proxy Istio's ext_authz service."""
+    runtime = {key: str(value).lower() for key, value in envoy_cluster.RUNTIME_FLAGS.items()}
+    mesh: dict[str, Any] = {"defaultConfig": {"runtimeValues": runtime}}
+    if placement.mode == "central" and needs.ext_authz:
+        mesh["extensionProviders"] = [
+            {"name": NAME, "envoyExtAuthzGrpc": _provider(needs, placement)}
+        ]
+    return {"meshConfig": mesh}
+
+
+def _provider(needs: EnvoyNeeds, placement: Placement) -> dict[str, Any]:
     provider: dict[str, Any] = {
         "service": placement.host,
         "port": placement.port,
@@ -142,7 +163,7 @@ def extension_provider(needs: EnvoyNeeds, placement: Placement) -> dict[str, Any
             "maxRequestBytes": 64 * 1024,
             "allowPartialMessage": True,
         }
-    return {"meshConfig": {"extensionProviders": [{"name": NAME, "envoyExtAuthzGrpc": provider}]}}
+    return provider
 
 
 def authorization_policy(loaded: Loaded, namespace: str) -> dict[str, Any]:
@@ -167,13 +188,15 @@ def objects(
     context: Context,
     namespace: str | None,
 ) -> dict[str, dict[str, Any]]:
-    """The Istio side by file name: envoyfilter.yaml, and in central mode
-    destinationrule.yaml (+ mesh-config.yaml and authorizationpolicy.yaml with ext_authz)."""
+    """The Istio side by file name: envoyfilter.yaml and mesh-config.yaml, and in central
+    mode destinationrule.yaml (+ authorizationpolicy.yaml with ext_authz)."""
     ns = namespace or selector_namespace(loaded) or ROOT_NAMESPACE
-    out = {"envoyfilter.yaml": envoy_filter(needs, placement, loaded, context, ns)}
+    out = {
+        "envoyfilter.yaml": envoy_filter(needs, placement, loaded, context, ns),
+        "mesh-config.yaml": mesh_config(needs, placement),
+    }
     if placement.mode == "central":
         out["destinationrule.yaml"] = destination_rule(placement)
         if needs.ext_authz:
-            out["mesh-config.yaml"] = extension_provider(needs, placement)
             out["authorizationpolicy.yaml"] = authorization_policy(loaded, ns)
     return out

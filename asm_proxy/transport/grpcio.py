@@ -7,6 +7,7 @@ which ask `CertificateFiles.fetch` at each handshake (rotation without a restart
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -34,8 +35,9 @@ _SAN_KEY = "x509_subject_alternative_name"
 class _ResetAfterLastAnswer(logging.Filter):
     """grpc.aio logs an error with a traceback when a stream's final status cannot be sent
     because the client has already reset the stream. asm-proxy ends a stream right after
-    its last answer, and Envoy may reset it as soon as it has that answer: expected and
-    harmless, so counted instead of logged."""
+    its last answer, and an Envoy without ext_proc_graceful_grpc_close may reset it as soon
+    as it has that answer: expected, so counted instead of logged (each also leaks the
+    status batch in grpc.aio, grpc/grpc#43360)."""
 
     PREFIX = f"ExecuteBatchError raised in core by servicer method [/{EXT_PROC_SERVICE}/"
 
@@ -73,6 +75,10 @@ class _Call:
     def caller(self) -> Caller:
         return caller_of(self._context)
 
+    def peer(self) -> str:
+        peer: str = self._context.peer()
+        return peer
+
     async def read(self) -> bytes | None:
         message = await self._context.read()
         if message is grpc.aio.EOF:
@@ -90,7 +96,13 @@ async def _end(context: grpc.aio.ServicerContext, status: Status) -> None:
 
 def _handlers(services: Services) -> list[tuple[str, dict[str, Any]]]:
     async def process(_requests: object, context: grpc.aio.ServicerContext) -> None:
-        status = await services.process(_Call(context))
+        try:
+            status = await services.process(_Call(context))
+        except asyncio.CancelledError:
+            # Envoy reset the stream instead of ending it: grpc.aio leaks the read it was
+            # waiting on (grpc/grpc#43360); Envoy's ext_proc_graceful_grpc_close avoids it.
+            counters.streams_cancelled += 1
+            raise
         if status.code is not Code.OK:
             await _end(context, status)
 

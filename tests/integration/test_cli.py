@@ -57,3 +57,21 @@ def test_demo_check() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo check passed" in result.stdout
     assert "x-served-by: asm-proxy" in result.stdout
+
+
+def test_empty_file_is_refused_by_validate_and_serve(tmp_path: Path) -> None:
+    """An empty or comment-only file is an error for validate and serve alike (never "ok, 0
+    plugins"), naming the file and how to ask for no plugins."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here yet\n")
+    expected = (
+        f"{empty}: the file is empty (nothing but whitespace or comments): a config must "
+        "list its plugins; to run with none, write `plugins: []`"
+    )
+    validated = run("validate", str(empty))
+    assert (validated.returncode, validated.stderr.strip()) == (1, expected)
+    served = run("serve", "--config", str(empty), "--listen", "127.0.0.1:0", timeout=30)
+    assert (served.returncode, served.stderr.strip()) == (1, expected)
+    none = tmp_path / "none.yaml"
+    none.write_text("plugins: []\n")
+    assert run("validate", str(none)).stdout == f"{none}: ok, 0 plugin(s)\n"

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from asm_proxy.envoy_cluster import asm_proxy_cluster, grpc_service, layered_runtime
 from asm_proxy.envoy_process import EnvoyProcess, validate_config
 from asm_proxy.render import Options, render_file
 from asm_proxy.render.placement import MODE_LABEL, ClientTls
@@ -81,13 +82,35 @@ def test_envoy_target_loads_in_envoy(
     assert names == expected
     validate_snippets(filters=fragment["http_filters"], clusters=fragment["clusters"])
     (cluster,) = fragment["clusters"]
-    assert cluster["health_checks"][0]["grpc_health_check"]
-    assert cluster["outlier_detection"]["consecutive_local_origin_failure"] == 2
+    proven = asm_proxy_cluster(["127.0.0.1:1"])
+    for part in ("outlier_detection", "circuit_breakers", "typed_extension_protocol_options"):
+        assert same_config(cluster[part], proven[part]), part
+    assert same_config(cluster["health_checks"], proven["health_checks"])
+    ext_proc = fragment["http_filters"][-1]["typed_config"]
+    assert same_config(ext_proc["grpc_service"]["retry_policy"], grpc_service()["retry_policy"])
     boot = render_file(
         config,
         Options(mode=mode, target="envoy", client_tls=client_tls, bootstrap=True),  # type: ignore[arg-type]
     )
     validate_config(boot["envoy.yaml"])
+    assert boot["envoy.yaml"]["layered_runtime"] == layered_runtime()
+
+
+def same_config(rendered: Any, proven: Any) -> bool:
+    """Equal as Envoy reads them: typed messages print durations as `0.500s` and 64-bit
+    integers as strings, the reliability settings as written `0.5s` and ints."""
+    if isinstance(rendered, dict) and isinstance(proven, dict):
+        return rendered.keys() == proven.keys() and all(
+            same_config(rendered[k], proven[k]) for k in proven
+        )
+    if isinstance(rendered, list) and isinstance(proven, list):
+        return len(rendered) == len(proven) and all(map(same_config, rendered, proven))
+    if isinstance(proven, str) and proven.endswith("s") and isinstance(rendered, str):
+        try:
+            return float(rendered[:-1]) == float(proven[:-1])
+        except ValueError:
+            return rendered == proven
+    return bool(rendered == proven or str(rendered) == str(proven))
 
 
 REQUIRED = {
@@ -138,6 +161,8 @@ def test_istio_target(mode: str, authz_via: str, tmp_path: Path) -> None:
     validate_snippets(filters=filters, clusters=clusters)
     labels = envoy_filter["spec"].get("workloadSelector", {}).get("labels", {})
     assert labels.get("app") == "shop"  # the plugins' common selector
+    runtime = objects["mesh-config.yaml"]["meshConfig"]["defaultConfig"]["runtimeValues"]
+    assert runtime == {k: "true" for k in layered_runtime()["layers"][0]["static_layer"]}
     if mode == "central":
         assert not clusters  # Istio's own outbound cluster, mTLS from the DestinationRule
         assert filters[-1]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == (
@@ -179,7 +204,7 @@ def test_the_cli_writes_and_prints(tmp_path: Path) -> None:
     done = subprocess.run(
         [*cli, "--target", "istio", "--out", str(out)], capture_output=True, text=True, check=True
     )
-    assert done.stdout.split() == [str(out / "envoyfilter.yaml")]
+    assert done.stdout.split() == [str(out / "envoyfilter.yaml"), str(out / "mesh-config.yaml")]
     assert yaml.safe_load((out / "envoyfilter.yaml").read_text())["kind"] == "EnvoyFilter"
     printed = subprocess.run(
         [*cli, "--target", "envoy"], capture_output=True, text=True, check=True

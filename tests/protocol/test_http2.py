@@ -216,7 +216,7 @@ def test_a_reset_stream_does_not_disturb_the_connection(client: Client) -> None:
         (frame(b"\x08\x01", compressed=True), "12", "compressed"),
         (struct.pack(">BI", 0, 2 * 1024 * 1024), "8", "larger than the limit"),
         (frame(headers_message("/x", True))[:-3], "13", "inside a gRPC message"),
-        (frame(b"\xff\xff\xff"), "3", "not a ProcessingRequest"),
+        (frame(b"\xff\xff\xff"), "3", "not an envoy.service.ext_proc.v3.ProcessingRequest: "),
     ],
     ids=["compressed", "too-large", "truncated", "garbage"],
 )

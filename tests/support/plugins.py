@@ -264,3 +264,43 @@ class SlowTag(Plugin):
 
     async def close(self) -> None:
         SlowTag.closed.append(self.config.value)
+
+
+class BadMetadata(Plugin):
+    """Sets metadata Envoy's Struct cannot hold: the failure is asm-proxy's, after the hook
+    (its own fault, reported as such), not the plugin's."""
+
+    def on_request_headers(self, http: Http) -> None:
+        http.set_metadata("bad", object())
+
+
+class HoardConfig(PluginConfig):
+    kib_per_request: int = 256
+
+
+class Hoard(Plugin):
+    """Keeps `kib_per_request` KiB for ever at each request: a worker whose memory only
+    grows (what maxWorkerRss is for)."""
+
+    Config = HoardConfig
+    kept: list[bytes] = []
+
+    def on_request_headers(self, http: Http) -> None:
+        Hoard.kept.append(b"x" * (self.config.kib_per_request * 1024))
+
+
+class BallastConfig(PluginConfig):
+    mib: int = 150
+
+
+class Ballast(Plugin):
+    """Holds `mib` MiB from the moment it is made: a worker heavy before it serves."""
+
+    Config = BallastConfig
+
+    def __init__(self, config: BallastConfig) -> None:
+        super().__init__(config)
+        self.ballast = b"\x01" * (config.mib * 2**20)
+
+    def on_request_headers(self, http: Http) -> None:
+        return None

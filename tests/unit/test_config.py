@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -73,9 +74,11 @@ plugins:
         )
         assert loaded.chain.entries[0].plugin.request_ops == [("set", "x", "y")]
 
-    def test_empty_file_is_an_empty_chain(self, tmp_path: Path) -> None:
-        """An empty file is valid: no plugins, default listen."""
-        assert load(write(tmp_path, "")).chain.entries == ()
+    def test_no_plugins_when_the_file_says_so(self, tmp_path: Path) -> None:
+        """`plugins: []` is the one way to run with no plugins: default listen."""
+        loaded = load(write(tmp_path, "plugins: []\n"))
+        assert loaded.chain.entries == ()
+        assert loaded.settings.listen == "127.0.0.1:18080"
 
     def test_disabled_plugin_is_left_out(self, tmp_path: Path) -> None:
         """enabled: false keeps the entry in the file but out of the chain."""
@@ -150,9 +153,46 @@ class TestRefusedFiles:
         assert any('"a"' in m and "field 'phase'" in m for m in found)
         assert any('"b"' in m and "field 'config.request.set'" in m for m in found)
 
+    @pytest.mark.parametrize("text", ["", "   \n\n  \n", "# plugins: []\n  # nothing\n", "---\n"])
+    def test_empty_file(self, tmp_path: Path, text: str) -> None:
+        """An empty, whitespace-only or comment-only file is refused (a truncated file must
+        never mean "no plugins"), naming the file and saying how to ask for none."""
+        path = write(tmp_path, text)
+        (msg,) = problems(path)
+        assert msg == (
+            f"{path}: the file is empty (nothing but whitespace or comments): a config must "
+            "list its plugins; to run with none, write `plugins: []`"
+        )
+
+    def test_plugins_missing(self, tmp_path: Path) -> None:
+        """Settings without a `plugins` list are not "no plugins"."""
+        path = write(tmp_path, "listen: 127.0.0.1:1\n")
+        (msg,) = problems(path)
+        assert msg == (
+            f"{path}: field 'plugins': missing: list the plugins to run, or write "
+            "`plugins: []` to run with none"
+        )
+
+    def test_plugins_null(self, tmp_path: Path) -> None:
+        """`plugins:` with nothing under it is refused at its line."""
+        path = write(tmp_path, "listen: 127.0.0.1:1\nplugins:\n")
+        (msg,) = problems(path)
+        assert msg.startswith(f"{path}:2: field 'plugins': is empty: list the plugins")
+
+    def test_not_a_regular_file(self, tmp_path: Path) -> None:
+        """A directory or a FIFO in the file's place is refused, without blocking on it."""
+        (tmp_path / "dir.yaml").mkdir()
+        os.mkfifo(tmp_path / "fifo.yaml")
+        assert problems(tmp_path / "dir.yaml") == [
+            f"{tmp_path / 'dir.yaml'}: not a regular file (a directory)"
+        ]
+        assert problems(tmp_path / "fifo.yaml") == [
+            f"{tmp_path / 'fifo.yaml'}: not a regular file (a FIFO)"
+        ]
+
     def test_bad_listen(self, tmp_path: Path) -> None:
         """Top-level fields are located too."""
-        path = write(tmp_path, "listen: nowhere\n")
+        path = write(tmp_path, "listen: nowhere\nplugins: []\n")
         (msg,) = problems(path)
         assert msg.startswith(f"{path}:1: field 'listen'")
 
@@ -218,3 +258,34 @@ class TestSocketMode:
     def test_not_a_mode(self, bad: object) -> None:
         with pytest.raises(ValidationError, match="mode"):
             ServerSettings.model_validate({"socketMode": bad})
+
+
+class TestRecyclingSettings:
+    def test_sizes_and_counts(self, tmp_path: Path) -> None:
+        """maxWorkerRss takes Kubernetes-style sizes; both limits default to never."""
+        loaded = load(
+            write(tmp_path, "maxStreamsPerWorker: 50000\nmaxWorkerRss: 512Mi\nplugins: []\n")
+        )
+        assert loaded.settings.max_streams_per_worker == 50_000
+        assert loaded.settings.max_worker_rss == 512 * 2**20
+        assert (
+            load(write(tmp_path, "maxWorkerRss: 1G\nplugins: []\n")).settings.max_worker_rss
+            == 10**9
+        )
+        defaults = load(write(tmp_path, "plugins: []\n")).settings
+        assert (defaults.max_streams_per_worker, defaults.max_worker_rss) == (0, 0)
+
+    @pytest.mark.parametrize(
+        ("line", "message"),
+        [
+            ("maxStreamsPerWorker: 10", "0 (never) or at least 1000"),
+            ("maxWorkerRss: 64Mi", "0 (never) or at least 128Mi"),
+            ("maxWorkerRss: lots", "'lots' is not a size; write it like 512Mi, 1Gi or 300M"),
+        ],
+    )
+    def test_refused(self, tmp_path: Path, line: str, message: str) -> None:
+        """Limits that would recycle a worker all the time, or that are not sizes."""
+        path = write(tmp_path, f"{line}\nplugins: []\n")
+        (msg,) = problems(path)
+        assert msg.startswith(f"{path}:1: field '{line.split(':')[0]}'")
+        assert message in msg

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from asm_proxy.caller import Caller
+from asm_proxy.services import client_fault
 from asm_proxy.status import Code, Status
 
 if TYPE_CHECKING:
@@ -30,6 +31,18 @@ def header(headers: Headers, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def peer_name(transport: asyncio.BaseTransport | None) -> str:
+    if transport is None:
+        return "unknown"
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+    if isinstance(peer, str) and peer:
+        return f"unix:{peer}"
+    return f"unix:{transport.get_extra_info('sockname') or ''}"
 
 
 class GrpcCall:
@@ -48,6 +61,9 @@ class GrpcCall:
             sans=self.conn.peer_sans(),
             xfcc=xfcc.decode("latin-1") if xfcc is not None else None,
         )
+
+    def peer(self) -> str:
+        return self.conn.peer()
 
     def message(self, data: bytes) -> None:
         raise NotImplementedError
@@ -133,7 +149,7 @@ class UnaryCall(GrpcCall):
     def end(self) -> None:
         request = self._request
         if request is None or self._count != 1:
-            self.finish(_ONE_REQUEST)
+            self.finish(client_fault("unary gRPC call", _ONE_REQUEST, self.peer()))
             return
         self._request = None
         self.conn.spawn(self._answer(request))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from asm_proxy.health import CHECK_METHOD as HEALTH_CHECK
 from asm_proxy.health import WATCH_METHOD as HEALTH_WATCH
-from asm_proxy.services import Services
+from asm_proxy.services import Services, client_fault
 from asm_proxy.status import Code, Status, encode_message
 from asm_proxy.transport.nghttp2.calls import (
     GrpcCall,
@@ -24,6 +24,7 @@ from asm_proxy.transport.nghttp2.calls import (
     StreamCall,
     UnaryCall,
     WatchCall,
+    peer_name,
 )
 from asm_proxy.transport.nghttp2.http1 import Http1Connection
 from asm_proxy.transport.nghttp2.native import (
@@ -75,6 +76,7 @@ class H2Connection(asyncio.Protocol):
         self._goaway_sent = False
         self._started = False
         self._check = self.services.check
+        self._peer: str | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -118,7 +120,7 @@ class H2Connection(asyncio.Protocol):
                 call = calls.get(event[1])
                 if call is not None:
                     status = Status(Code(event[2]), event[3])
-                    log.info("gRPC call refused: %s", status.message)
+                    client_fault("gRPC call", status, self.peer())
                     call.end()
                     self.finish(event[1], status)
             elif kind == DATA:
@@ -193,6 +195,13 @@ class H2Connection(asyncio.Protocol):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    def peer(self) -> str:
+        """The client's address as grpc writes it, for the log (`ipv4:HOST:PORT`,
+        `ipv6:[HOST]:PORT`, `unix:PATH`: a Unix client has no name, so the server's)."""
+        if self._peer is None:
+            self._peer = peer_name(self.transport)
+        return self._peer
 
     def peer_sans(self) -> tuple[str, ...]:
         """URI SANs of the client certificate this connection's TLS session verified."""

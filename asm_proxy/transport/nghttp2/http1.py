@@ -33,13 +33,15 @@ from typing import TYPE_CHECKING, cast
 import httptools
 import orjson
 
-from asm_proxy import authz
+from asm_proxy import authz, faults
 from asm_proxy.caller import Caller
 from asm_proxy.exchange import Exchange
 from asm_proxy.headers import HeaderAction, adopt, take_ops
 from asm_proxy.health import SERVING
 from asm_proxy.identity import Workload
+from asm_proxy.stats import counters
 from asm_proxy.tls import XFCC_HEADER
+from asm_proxy.transport.nghttp2.calls import peer_name
 
 if TYPE_CHECKING:
     from asm_proxy.transport.nghttp2.server import Listener
@@ -99,7 +101,8 @@ class Http1Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            log.info("HTTP/1.1 request refused: %s", exc)
+            counters.client_faults += 1
+            faults.client_fault("HTTP/1.1 request", str(exc), peer_name(self.transport))
             if self.transport is not None:
                 self.transport.write(response(400, [], b"bad request\n", False))
                 self.transport.close()
@@ -178,8 +181,8 @@ class Http1Connection(asyncio.Protocol):
             decision = await authz.judge(
                 state, None, lambda proven: exchange_of(request, path, proven), caller
             )
-        except Exception:
-            log.exception("ext_authz check over HTTP failed inside asm-proxy")
+        except Exception as exc:
+            faults.internal_fault("ext_authz check over HTTP", exc)
             return response(500, [], b"asm-proxy internal error; see its log\n", False)
         return http_answer(decision, request.keep_alive)
 
