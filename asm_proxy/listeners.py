@@ -9,8 +9,9 @@ gap: the supervisor makes one listening socket per worker index and keeps it for
 of the server; a worker's replacement (after a crash or a recycle) inherits the same
 socket, and connections that arrive in between wait in its backlog.
 
-On SIGTERM the supervisor closes them once the workers stop accepting (after
-`drainDelay`), so new connections are refused as before.
+The supervisor holds them on TCP, and on a Unix socket only for a single worker
+(`Supervisor._holds_sockets` says why). On SIGTERM it closes them once the workers stop
+accepting (after `drainDelay`), so new connections are refused as before.
 """
 
 from __future__ import annotations

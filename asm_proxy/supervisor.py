@@ -272,7 +272,7 @@ class Supervisor:
                 path = unix_sockets.check(address)
                 if path.exists() and unix_sockets.in_use(path):
                     raise OSError(f"cannot listen on {address}: another server is serving on it")
-        if resolve(self.transport or self.settings.transport) == "nghttp2":
+        if self._holds_sockets(listen, count):
             try:
                 self._listen_for_workers()
             except OSError:
@@ -310,6 +310,19 @@ class Supervisor:
             len(names),
             ", ".join(names) or "none",
         )
+
+    def _holds_sockets(self, listen: str, count: int) -> bool:
+        """Whether the supervisor makes the listening sockets (listeners.py): only a
+        transport that accepts on an inherited socket can use them (nghttp2), and on Unix
+        sockets only with one worker. With several, a dead worker's path refusing connects
+        is better: Envoy retries the stream on another worker at once and ejects the path
+        (envoy_cluster.py), where a held socket queues it until the replacement serves
+        (~0.5 s; measured in docs/RELIABILITY.md). With one there is nowhere else to go, and
+        the queue turns a restart's failures into waits. TCP: the workers' SO_REUSEPORT
+        sockets, held, keep the connections queued on a dead worker's socket."""
+        if resolve(self.transport or self.settings.transport) != "nghttp2":
+            return False
+        return count == 1 or not listen.startswith("unix:")
 
     def _listen_for_workers(self) -> None:
         """The supervisor's own listening sockets (see asm_proxy/listeners.py)."""
