@@ -13,6 +13,10 @@ from asm_proxy.headers import ROUTING_HEADERS, Headers, media_type
 from asm_proxy.hosts import normalize_host, split_host_port
 from asm_proxy.identity import Workload
 from asm_proxy.matching import RequestPredicate, compile_match
+from asm_proxy.metrics.declared import Counter as CounterMetric
+from asm_proxy.metrics.declared import CounterChild, GaugeChild, HistogramChild
+from asm_proxy.metrics.declared import Gauge as GaugeMetric
+from asm_proxy.metrics.declared import Histogram as HistogramMetric
 from asm_proxy.offload import OffloadError, offload, prepare_offload
 from asm_proxy.plugin import (
     HOOKS,
@@ -32,12 +36,18 @@ __all__ = [
     "Body",
     "BodyAccess",
     "Chunk",
+    "CounterChild",
+    "CounterMetric",
     "Duration",
     "Event",
     "FailStrategy",
     "FilesWatcher",
+    "GaugeChild",
+    "GaugeMetric",
     "HeaderMatch",
     "Headers",
+    "HistogramChild",
+    "HistogramMetric",
     "Http",
     "MatchRule",
     "OffloadError",

@@ -17,7 +17,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from asm_proxy import codec
+from asm_proxy import codec, observe
 from asm_proxy.caller import Caller
 from asm_proxy.chain import run_hooks
 from asm_proxy.envoy_headers import decode_header_map, encode_value
@@ -25,6 +25,8 @@ from asm_proxy.events import REQUEST_BODY, REQUEST_HEADERS
 from asm_proxy.exchange import Exchange
 from asm_proxy.headers import HeaderAction, HeaderOp, Headers, adopt, take_ops
 from asm_proxy.identity import Workload
+from asm_proxy.logs import bind_exchange
+from asm_proxy.observe import EXT_AUTHZ, StreamEnd
 from asm_proxy.plugin import Respond
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
@@ -238,6 +240,10 @@ async def judge(
     settings = state.settings
     chain.acquire()
     counters.authz_checks += 1
+    # The stream seam (metrics, traces): told here, where every transport's check passes.
+    watching = observe.stream_started(EXT_AUTHZ) if observe.stream_observers else None
+    x: Exchange | None = None
+    end = StreamEnd.CANCELLED  # unless it gets further
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.deadline
@@ -246,8 +252,10 @@ async def judge(
         if conflict is not None:
             log.warning("Check refused: %s", conflict)
             counters.identity_refusals += 1
+            end = StreamEnd.DENIED
             return Decision(_IDENTITY_MISMATCH, None, None)
         x = exchange_for(proven)
+        bind_exchange(x)
         plan = chain.select(x, authz_only=True)
         outcome: Respond | None = None
         hooks = plan.hooks[REQUEST_HEADERS]
@@ -260,9 +268,18 @@ async def judge(
         metadata = flat_metadata(x, settings.metadata_namespace)
         if outcome is not None:
             counters.authz_denied += 1
+            x.immediate_status = outcome.status
+            end = StreamEnd.DENIED
+        else:
+            end = StreamEnd.ALLOWED
         return Decision(outcome, x, metadata)
+    except Exception:
+        end = StreamEnd.INTERNAL_ERROR  # the caller logs it and ends the check
+        raise
     finally:
         chain.release()
+        if watching is not None:
+            observe.stream_ended(watching, EXT_AUTHZ, x, end)
 
 
 async def decide(

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asm_proxy import observe
 from asm_proxy.config import Selector
@@ -25,6 +25,9 @@ from asm_proxy.matching import PathMatch, RequestPredicate, WorkloadPredicate
 from asm_proxy.observe import Outcome
 from asm_proxy.plugin import BodyAccess, FailStrategy, Phase, Plugin, Respond
 from asm_proxy.stats import counters
+
+if TYPE_CHECKING:
+    from asm_proxy.metrics.serving import HookMeter
 
 log = logging.getLogger("asm_proxy.chain")
 
@@ -41,6 +44,7 @@ class Entry:
         "fail_open",
         "index",
         "matches",
+        "meter",
         "name",
         "phase",
         "plugin",
@@ -80,6 +84,8 @@ class Entry:
         self.selector = selector
         self._last_log = 0.0
         self._suppressed = 0
+        #: Its hook metrics' cells (asm_proxy.metrics.serving), set when the chain is bound.
+        self.meter: HookMeter | None = None
 
     @property
     def fail_strategy(self) -> FailStrategy:
@@ -100,7 +106,9 @@ class Entry:
             what,
             strategy,
             more,
-            exc_info=exc is not None and not isinstance(exc, TimeoutError),
+            # The exception itself: report() runs after its except block has ended.
+            exc_info=exc if exc is not None and not isinstance(exc, TimeoutError) else None,
+            extra={"plugin": self.name},
         )
 
     def __repr__(self) -> str:
@@ -226,6 +234,23 @@ class Chain:
             )
             for i, e in enumerate(self.entries)
         )
+        #: The scopes worth testing for a workload in each namespace: those of plugins
+        #: whose selector names it, and those of plugins not confined to namespaces. A
+        #: shared asm-proxy with many namespaces' plugins then tests only a workload's own
+        #: (500 namespaces x 2 plugins: 131 -> ~2 us per selection).
+        self._open_scopes = tuple(
+            scope
+            for scope, e in zip(self._scopes, self.entries, strict=True)
+            if not (e.selector and e.selector.namespaces)
+        )
+        per_namespace: dict[str, list[tuple[Any, ...]]] = {}
+        for scope, e in zip(self._scopes, self.entries, strict=True):
+            for namespace in e.selector.namespaces if e.selector else ():
+                per_namespace.setdefault(namespace, []).append(scope)
+        self._namespace_scopes = {
+            ns: tuple(sorted([*self._open_scopes, *scopes], key=lambda s: s[0]))
+            for ns, scopes in per_namespace.items()
+        }
         self._streams = 0
         self._retired = False
         self._closed = False
@@ -242,7 +267,11 @@ class Chain:
             request = exchange.http.request
             path: str | None = None
             workload = None
-            for bit, path_test, matches, selects in self._scopes:
+            scopes = self._scopes
+            if self._namespace_scopes:
+                workload = exchange.workload()
+                scopes = self._namespace_scopes.get(workload.namespace or "", self._open_scopes)
+            for bit, path_test, matches, selects in scopes:
                 if not allowed & bit:
                     continue
                 if path_test is not None:

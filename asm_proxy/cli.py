@@ -6,26 +6,32 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
-from asm_proxy.config import ConfigError
+from asm_proxy.config import ConfigError, read_config_text
 from asm_proxy.transport import NAMES
 
 
 def _setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from asm_proxy.logs import setup
+
+    # serve sets the config's format and level once it has read the file.
+    setup("auto", level)
 
 
-def _validate(paths: list[str]) -> int:
-    from asm_proxy.loader import load
+def _validate(paths: list[str], namespace: str | None, root: str, directory: str | None) -> int:
+    """Main configs with their namespace files; or, with `namespace`, namespace files."""
+    from asm_proxy.namespaces import check_file, load_all
 
     status = 0
     for path in paths:
         try:
-            loaded = load(path)
+            if namespace is not None:
+                entries = check_file(Path(path), namespace, read_config_text(path), root=root)
+                names = ", ".join(f"{e['name']} ({e['type']})" for e in entries)
+                print(f"{path}: ok, {len(entries)} plugin(s) for namespace {namespace}: {names}")
+                continue
+            loaded = load_all(path, directory)
         except ConfigError as exc:
             status = 1
             for problem in exc.problems:
@@ -38,11 +44,17 @@ def _validate(paths: list[str]) -> int:
     return status
 
 
-def _serve(config: str, listen: str | None, workers: int | None, transport: str | None) -> int:
+def _serve(
+    config: str,
+    listen: str | None,
+    workers: int | None,
+    admin: str | None,
+    transport: str | None,
+) -> int:
     from asm_proxy.supervisor import supervise
 
     try:
-        asyncio.run(supervise(config, listen, workers, transport))
+        asyncio.run(supervise(config, listen, workers, admin, transport))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -54,7 +66,6 @@ def _serve(config: str, listen: str | None, workers: int | None, transport: str 
 
 
 def _render(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     try:
         from asm_proxy.render import Options, RenderError, dump, render_file, write
@@ -91,7 +102,7 @@ def _render(args: argparse.Namespace) -> int:
         admin=args.admin,
     )
     try:
-        objects = render_file(args.config, options)
+        objects = render_file(args.config, options, args.namespace_dir)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -123,7 +134,7 @@ def _diagnose(args: argparse.Namespace) -> int:
             envoy = read_envoy_admin(args.envoy_admin)
         elif args.envoy_config:
             envoy = read_envoy_files(args.envoy_config)
-        findings = diagnose(args.config, envoy)
+        findings = diagnose(args.config, envoy, args.namespace_dir)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -188,8 +199,25 @@ def main(argv: list[str] | None = None) -> int:
         help="worker processes (overrides the file; default: one per core). With a Unix "
         "socket and more than one worker, worker i listens on PATH.i",
     )
+    p_serve.add_argument(
+        "--admin",
+        help="HOST:PORT of the HTTP admin endpoint (/metrics /healthz /readyz /config_dump "
+        "/plugins; overrides the file's admin.listen; loopback unless the file allows more)",
+    )
     p_validate = sub.add_parser("validate", help="check config files; exit 1 if any is bad")
     p_validate.add_argument("files", nargs="+")
+    p_validate.add_argument(
+        "--namespace-dir",
+        help="the namespace files' directory (stands for the config's namespaces.directory)",
+    )
+
+    p_validate.add_argument(
+        "--namespace",
+        help="the files are this namespace's plugin files (namespaces.directory), not configs",
+    )
+    p_validate.add_argument(
+        "--root-namespace", default="istio-system", help="with --namespace: the root namespace"
+    )
     p_render = sub.add_parser(
         "render", help="print (or write) the Envoy / Istio side of a deployment of the config"
     )
@@ -197,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     p_render.add_argument("--target", required=True, choices=["istio", "envoy"])
     p_render.add_argument("--config", "-c", required=True, help="the asm-proxy config file")
     p_render.add_argument("--out", help="write one file per object into this directory")
+    p_render.add_argument(
+        "--namespace-dir",
+        help="the namespace files' directory (stands for the config's namespaces.directory)",
+    )
+
     p_render.add_argument(
         "--bootstrap", action="store_true", help="envoy target: a complete Envoy config"
     )
@@ -235,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     source.add_argument("--envoy-admin", help="a running Envoy's admin URL (its /config_dump)")
     p_diagnose.add_argument("--format", choices=["text", "json"], default="text")
+    p_diagnose.add_argument(
+        "--namespace-dir",
+        help="the namespace files' directory (stands for the config's namespaces.directory)",
+    )
+
     p_health = sub.add_parser("health", help="gRPC health check (exit 0 when SERVING)")
     p_health.add_argument("address", help="HOST:PORT or unix:/path")
     p_health.add_argument("--service", default="", help="the health service name (default: all)")
@@ -246,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "validate":
-        return _validate(args.files)
+        return _validate(args.files, args.namespace, args.root_namespace, args.namespace_dir)
     if args.command == "plugins":
         return _plugins()
     if args.command == "render":
@@ -257,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         return _health(args.address, args.service, args.timeout)
     _setup_logging()
     if args.command == "serve":
-        return _serve(args.config, args.listen, args.workers, args.transport)
+        return _serve(args.config, args.listen, args.workers, args.admin, args.transport)
     if args.command == "demo":
         try:
             from asm_proxy.demo import run_demo

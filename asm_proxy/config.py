@@ -20,6 +20,8 @@ a good running chain.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import re
 import stat
@@ -45,6 +47,8 @@ from asm_proxy.plugin import FailStrategy, Phase
 from asm_proxy.sizes import Size
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+#: A plugin from a namespace file runs as `NAMESPACE/NAME` (see asm_proxy.namespaces).
+_SCOPED_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/(?P<name>.+)$")
 
 
 class Model(BaseModel):
@@ -214,7 +218,8 @@ class PluginEntry(Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        scoped = _SCOPED_NAME.match(value)
+        if not _NAME.match(scoped["name"] if scoped else value):
             raise ValueError(
                 f"name {value!r}: use lower-case letters, digits, '-', '_' and '.' (at most 63)"
             )
@@ -252,6 +257,56 @@ class TlsSettings(Model):
         if self.require_client_cert and not self.client_ca_file:
             raise ValueError("requireClientCert needs clientCaFile (the CA of the clients)")
         return self
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (a name or address, IPv6 possibly in brackets) is loopback only."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminSettings(Model):
+    """asm-proxy's own HTTP admin listener (served by the supervisor): /metrics, /healthz,
+    /readyz, /config_dump, /plugins. Loopback only unless `allowNonLoopback` is true (the
+    Kubernetes probes and a Prometheus scraper need the pod's address); even then,
+    /config_dump and /plugins answer loopback clients only."""
+
+    listen: str = "127.0.0.1:9902"
+    allow_non_loopback: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r}: write HOST:PORT (e.g. 127.0.0.1:9902)")
+        return value
+
+    @model_validator(mode="after")
+    def _loopback(self) -> AdminSettings:
+        host = self.listen.rpartition(":")[0]
+        if not self.allow_non_loopback and not is_loopback_host(host):
+            raise ValueError(
+                f"admin listen {self.listen!r} is not a loopback address: anyone who can "
+                "reach it reads metrics and health. Set allowNonLoopback: true to serve "
+                "there (for Kubernetes probes and Prometheus), or listen on 127.0.0.1"
+            )
+        return self
+
+
+class NamespaceSettings(Model):
+    """Plugin files per namespace, for an asm-proxy that serves many teams (node and central
+    mode): `DIRECTORY/NAMESPACE.yaml` holds `plugins:` that apply only to workloads proven to
+    be in NAMESPACE; the root namespace's file applies to every workload, as Istio treats
+    EnvoyFilters in its root namespace. A relative directory is read from the config file's."""
+
+    directory: str
+    root_namespace: str = "istio-system"
 
 
 def _octal(value: Any) -> Any:
@@ -298,6 +353,16 @@ class ServerSettings(Model):
     #: another connection beyond it, or is refused (REFUSED_STREAM) if it does not.
     max_concurrent_streams: int = 1000
     log_level: str = "info"
+    #: `json`: one JSON object a line (asm_proxy.logs describes the fields); `text`: for a
+    #: person; `auto`: text on a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    #: Decision log lines of access plugins (auth), as OPA's decision logs: every decision,
+    #: only refusals, or none.
+    decision_log: Literal["all", "deny", "none"] = "deny"
+    #: Record Prometheus metrics (served by the admin endpoint's /metrics).
+    metrics: bool = True
+    #: The HTTP admin listener; none unless configured (or `serve --admin`).
+    admin: AdminSettings | None = None
     #: Worker processes serving gRPC (0: one per core). `serve --workers` overrides it.
     workers: int = 0
     #: On SIGTERM: how long health says NOT_SERVING while streams are still accepted (so
@@ -329,6 +394,8 @@ class ServerSettings(Model):
     #: streams in flight (up to drainTimeout) and exits.
     max_streams_per_worker: int = 0
     max_worker_rss: Size = 0
+    #: Per-namespace plugin files (see NamespaceSettings); read by `serve` and `validate`.
+    namespaces: NamespaceSettings | None = None
 
     @property
     def proves_peers(self) -> bool:
@@ -590,6 +657,12 @@ def decode_config(path: str | Path, data: bytes) -> str:
 def read_config_text(path: str | Path) -> str:
     """The config file's text; ConfigError (the same messages everywhere) if unreadable."""
     return decode_config(path, read_config_bytes(path))
+
+
+def config_hash(text: str) -> str:
+    """What identifies a config's content: the first 16 hex digits of its SHA-256 (shown by
+    the admin endpoint and metrics, compared by `asm-proxy diagnose --admin`)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def parse_file(path: str | Path, text: str | None = None) -> ParsedFile:

@@ -53,6 +53,9 @@ class Exchange:
     current: Plugin | None = None
     #: (id(plugin), side) for each side a plugin said it needs no more of.
     done: set[tuple[int, Side]] | None = None
+    #: The status asm-proxy answered the client with itself (an immediate response, an
+    #: ext_authz denial), 0 if none: for metrics, traces and logs.
+    immediate_status = 0
 
     def __init__(
         self, request_headers: Headers | None = None, *, peer: Workload | None = None

@@ -1,20 +1,23 @@
-"""The observer seam of the hook loop: metrics and tracing attach here, not in the loop.
+"""The observer seams: metrics and tracing attach here, not in the hook loop or the transports.
 
-An observer is told before each hook runs and after it ends (with its outcome and how long
-it took), like pluggy's hook-call monitoring. With no observer registered the loop pays one
-truth test per hook; observers are process-wide, so they outlive a chain swapped by a
-reload.
+A hook observer is told before each hook runs and after it ends (with its outcome and how
+long it took), like pluggy's hook-call monitoring. A stream observer is told when an
+ext_proc stream or an ext_authz Check begins and ends. With no observer registered the
+loop pays one truth test per hook and services.py one per stream; observers are
+process-wide, so they outlive a chain swapped by a reload.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from asm_proxy.chain import Entry
     from asm_proxy.events import Event
-    from asm_proxy.exchange import Http
+    from asm_proxy.exchange import Exchange, Http
 
 
 class Outcome(enum.Enum):
@@ -60,3 +63,91 @@ def add_observer(observer: HookObserver) -> None:
 def remove_observer(observer: HookObserver) -> None:
     if observer in observers:
         observers.remove(observer)
+
+
+# -- the stream seam: one call when an ext_proc stream or ext_authz Check begins, one when
+# it ends, from services.py and authz.judge, which every transport calls into -------------
+
+
+class StreamEnd(enum.Enum):
+    """How an ext_proc stream or an ext_authz Check ended."""
+
+    COMPLETE = "complete"  # Envoy closed the stream, every message answered
+    CLOSED_EARLY = "closed_early"  # asm-proxy ended it: the chain needed nothing more
+    PROTOCOL_ERROR = "protocol_error"  # Envoy broke the protocol: ended with a gRPC status
+    INTERNAL_ERROR = "internal_error"  # asm-proxy failed (a bug): ended with INTERNAL
+    CANCELLED = "cancelled"  # Envoy reset it (client gone, timeout) or the server stopped
+    ALLOWED = "allowed"  # ext_authz: the request may go on
+    DENIED = "denied"  # ext_authz: refused (the exchange's `immediate_status` says how)
+
+
+class StreamObserver(Protocol):
+    """Told when a stream (or Check) starts and ends. `started` returns a token handed back
+    to `ended` with the stream's exchange (None if no message arrived), how it ended and
+    how long it lasted. Neither may raise (an exception is logged, the observer dropped)."""
+
+    def started(self, service: str) -> Any: ...
+
+    def ended(
+        self,
+        token: Any,
+        service: str,
+        exchange: Exchange | None,
+        end: StreamEnd,
+        seconds: float,
+    ) -> None: ...
+
+
+#: The registered stream observers; services.py and authz.judge test it before calling in.
+stream_observers: list[StreamObserver] = []
+
+EXT_PROC = "ext_proc"
+EXT_AUTHZ = "ext_authz"
+
+_log = logging.getLogger("asm_proxy.observe")
+
+
+def add_stream_observer(observer: StreamObserver) -> None:
+    if observer not in stream_observers:
+        stream_observers.append(observer)
+
+
+def remove_stream_observer(observer: StreamObserver) -> None:
+    if observer in stream_observers:
+        stream_observers.remove(observer)
+
+
+class Watching:
+    """What `stream_started` hands its caller: the start time and each observer's token."""
+
+    __slots__ = ("start", "tokens")
+
+    def __init__(self, start: float, tokens: list[tuple[StreamObserver, Any]]) -> None:
+        self.start = start
+        self.tokens = tokens
+
+
+def stream_started(service: str) -> Watching:
+    tokens = []
+    for observer in list(stream_observers):
+        try:
+            tokens.append((observer, observer.started(service)))
+        except Exception:
+            _drop_stream_observer(observer)
+    return Watching(time.perf_counter(), tokens)
+
+
+def stream_ended(
+    watching: Watching, service: str, exchange: Exchange | None, end: StreamEnd
+) -> None:
+    seconds = time.perf_counter() - watching.start
+    for observer, token in watching.tokens:
+        try:
+            observer.ended(token, service, exchange, end, seconds)
+        except Exception:
+            _drop_stream_observer(observer)
+
+
+def _drop_stream_observer(observer: StreamObserver) -> None:
+    _log.exception("stream observer %r failed; it is removed", observer)
+    remove_stream_observer(observer)

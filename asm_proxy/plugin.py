@@ -23,14 +23,21 @@ import difflib
 import enum
 import inspect
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from asm_proxy.events import BY_HOOK, Event, Side, body_of, chunk_of
+from asm_proxy.logs import log_decision
+from asm_proxy.metrics.declared import Counter, Declared, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from asm_proxy.exchange import Http
+
+D = TypeVar("D", bound=Declared[Any])
 
 #: Every hook method name, in the order Envoy sends the events of each side.
 HOOKS: tuple[str, ...] = tuple(e.hook for e in Event)
@@ -133,6 +140,8 @@ class Plugin:
 
     name: str = ""
     log: logging.Logger = logging.getLogger("asm_proxy.plugin")
+    #: The metrics this instance declared (`counter()`, `gauge()`, `histogram()`).
+    declared_metrics: tuple[Declared[Any], ...] = ()
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -162,6 +171,61 @@ class Plugin:
         if chunk_of(side) in self.hooks:
             return BodyAccess.CHUNKS
         return BodyAccess.NONE
+
+    # -- metrics: declared in __init__, bound to the plugin's name when the chain starts ----
+
+    def counter(self, name: str, help: str, labels: Sequence[str] = ()) -> Counter:
+        """Declare a counter, exposed as `asm_proxy_plugin_<name>` with the labels `plugin`
+        and `type` before `labels` (the name ends in `_total`). Call in `__init__`."""
+        return self._declare(Counter(name, help, labels))
+
+    def gauge(self, name: str, help: str, labels: Sequence[str] = ()) -> Gauge:
+        """Declare a gauge (summed over a server's workers when scraped)."""
+        return self._declare(Gauge(name, help, labels))
+
+    def histogram(
+        self,
+        name: str,
+        help: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] | None = None,
+    ) -> Histogram:
+        """Declare a histogram (default buckets: 50 µs to 10 s, for durations in seconds)."""
+        return self._declare(Histogram(name, help, labels, buckets))
+
+    def _declare(self, metric: D) -> D:
+        if any(m.name == metric.name for m in self.declared_metrics):
+            raise ValueError(f"{_qualname(type(self))}: metric {metric.name} declared twice")
+        self.declared_metrics = (*self.declared_metrics, metric)
+        return metric
+
+    # -- decision logs ---------------------------------------------------------------
+
+    def log_decision(
+        self,
+        http: Http,
+        *,
+        allowed: bool,
+        reason: str,
+        status: int = 0,
+        dry_run: bool = False,
+        **details: str | int | bool | None,
+    ) -> None:
+        """Log this exchange's access decision (a plugin that `guards_access`), as OPA's
+        decision logs: logger `asm_proxy.decision`, event "decision", with the verdict,
+        `reason` (a fixed word, such as `jwt_expired`), the status answered, the request's
+        method, authority and path (no query), and `details` (consumer, credential kind:
+        never a credential). The server's `decisionLog` setting says which are written:
+        all, deny (the default) or none."""
+        log_decision(
+            self.name,
+            http,
+            allowed=allowed,
+            reason=reason,
+            status=status or (200 if allowed else 403),
+            dry_run=dry_run,
+            details=details,
+        )
 
     def new_state(self) -> Any:
         """The per-exchange state slot this plugin reads as `http.state` (None by default)."""

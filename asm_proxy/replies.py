@@ -193,6 +193,7 @@ def immediate(x: Exchange, respond: Respond, namespace: str) -> ProcessingRespon
     """Answer the client now, with any metadata plugins set on the way."""
     counters.immediate_responses += 1
     counters.responses += 1
+    x.immediate_status = respond.status
     reply = ProcessingResponse(immediate_response=codec.immediate_response(respond))
     metadata = x.take_metadata()
     if metadata:

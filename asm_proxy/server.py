@@ -16,11 +16,13 @@ import os
 import socket
 from pathlib import Path
 
-from asm_proxy import offload, unix_sockets
+from asm_proxy import logs, offload, unix_sockets
 from asm_proxy.chain import Chain
 from asm_proxy.config import ConfigError, ServerSettings, decode_config
 from asm_proxy.health import Health
 from asm_proxy.loader import Loaded, load, load_text
+from asm_proxy.metrics.serving import bind_chain, forget_plugins, record
+from asm_proxy.metrics.store import REGISTRY, Registry
 from asm_proxy.reload import ConfigWatcher
 from asm_proxy.services import Services
 from asm_proxy.state import ServerState
@@ -29,6 +31,20 @@ from asm_proxy.tls import CertificateFiles, TlsError
 from asm_proxy.transport import Transport, TransportUnavailable, create, resolve
 
 log = logging.getLogger("asm_proxy.server")
+
+
+def _tracing_asked() -> bool:
+    """Whether the OTEL_* environment asks for traces (asm_proxy.tracing)."""
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
+    disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    return exporter not in ("", "none") and not disabled
+
+
+def _bind(settings: ServerSettings, chain: Chain, registry: Registry) -> None:
+    """Bind `chain`'s entries and plugins to `registry`, if the server records metrics
+    (ValueError if a plugin's metric clashes with one already declared)."""
+    if settings.metrics:
+        bind_chain(chain, registry)
 
 
 class Server:
@@ -43,8 +59,12 @@ class Server:
         watch: bool = True,
         quiet: bool = False,
         transport: str | None = None,
+        registry: Registry = REGISTRY,
     ) -> None:
         self.state = ServerState(loaded.settings, loaded.chain)
+        #: Where the plugins' metrics and their hooks' go (the process's, which a worker
+        #: reports; a test may give a server its own).
+        self.registry = registry
         self.config_path = Path(config_path) if config_path is not None else None
         self.reuse_port = reuse_port
         self.watch = watch  # False: reloads come from outside (the supervisor)
@@ -60,6 +80,7 @@ class Server:
         self.port = 0
         self.certificates: CertificateFiles | None = None
         self._socket: tuple[Path, int] | None = None  # a Unix socket's path and inode
+        self._recording = False
 
     @property
     def settings(self) -> ServerSettings:
@@ -84,6 +105,14 @@ class Server:
         address = listen or self.settings.listen
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
         transport = create(self.transport_name)
+        self.state.on_retired = self._retired
+        logs.decision_log = self.settings.decision_log
+        _bind(self.settings, self.state.chain, self.registry)
+        self._record(self.settings.metrics)
+        if _tracing_asked():
+            from asm_proxy import tracing  # the OpenTelemetry SDK: ~60 ms to import
+
+            tracing.configure_once()
         await self.state.chain.start()
         bind = address
         path = private = None
@@ -163,6 +192,12 @@ class Server:
         except ConfigError as exc:
             return self._refused(exc)
         try:
+            _bind(loaded.settings, loaded.chain, self.registry)
+        except ValueError as exc:  # a plugin's metric clashes with one already declared
+            counters.config_reload_failures += 1
+            log.error("config %s refused: %s", self.config_path, exc)
+            return False
+        try:
             await loaded.chain.start()
         except Exception as exc:
             counters.config_reload_failures += 1
@@ -172,6 +207,8 @@ class Server:
         if loaded.settings.listen != self.settings.listen:
             log.warning("listen changed to %s; it takes effect on restart", loaded.settings.listen)
         self.state.install(loaded.settings, loaded.chain)
+        self._record(loaded.settings.metrics)
+        logs.decision_log = loaded.settings.decision_log
         offload.configure(loaded.settings.offload_processes, loaded.settings.offload_threshold)
         counters.config_reloads += 1
         self._info(
@@ -180,6 +217,16 @@ class Server:
             ", ".join(e.name for e in loaded.chain.entries) or "no plugins",
         )
         return True
+
+    def _record(self, on: bool) -> None:
+        """Record metrics while this server runs with `metrics: true`."""
+        if on != self._recording:
+            self._recording = on
+            record(on)
+
+    def _retired(self, chain: Chain) -> None:
+        """A replaced chain has ended: its plugins' series go unless still configured."""
+        forget_plugins((e.name for e in self.state.chain.entries), self.registry)
 
     def poke_reload(self) -> None:
         if self._watcher is not None:
@@ -214,6 +261,7 @@ class Server:
             await self._transport.stop(grace)
         await self.state.chain.close()
         await offload.close_pool()
+        self._record(False)
         if self._socket is not None:
             unix_sockets.release(*self._socket)  # unless a successor has taken the path
 

@@ -12,6 +12,13 @@ plugins, chains or Envoy's messages. `Services` holds the rest:
   to end the call with.
 - `health`: grpc.health.v1 (`health.Health`).
 
+Observability lives on this side of the seam, so every transport reports alike: `process`
+tells the stream observers (asm_proxy.observe: metrics, traces) when an ext_proc stream
+starts and how it ended (`StreamEnd`), and `authz.judge` does for each check, over gRPC or
+HTTP/1.1; the exchange is bound to the serving task for the logs' request and trace ids
+(`logs.bind_exchange`, in stream.py and `authz.judge`). A transport only has to run each
+call in its own task and say how the client ended it (`read`: None, or `StreamReset`).
+
 `METHODS` names every gRPC method by path, and what kind of call it is, so a transport
 can route and refuse (UNIMPLEMENTED) without importing anything else.
 """
@@ -22,11 +29,12 @@ from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
-from asm_proxy import authz, faults
+from asm_proxy import authz, faults, observe
 from asm_proxy.caller import Caller
 from asm_proxy.health import CHECK_METHOD as HEALTH_CHECK
 from asm_proxy.health import WATCH_METHOD as HEALTH_WATCH
 from asm_proxy.health import Health
+from asm_proxy.observe import EXT_PROC, StreamEnd
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
 from asm_proxy.status import OK, Code, Status
@@ -47,6 +55,15 @@ CHECK_REQUEST = "envoy.service.auth.v3.CheckRequest"
 
 INTERNAL_STREAM = Status(Code.INTERNAL, "asm-proxy internal error on this stream; see its log")
 INTERNAL_CHECK = Status(Code.INTERNAL, "asm-proxy internal error during Check; see its log")
+#: What `process` returns for a stream the client reset (nothing reaches the client).
+RESET = Status(Code.CANCELLED, "the client reset the stream")
+
+
+class StreamReset(Exception):
+    """Raised by `MessageStream.read` or `write` when the client reset the stream while a
+    message was being answered (its answer cannot reach the client). A reset while
+    waiting for the next message reads as the end of the stream instead: nothing was left
+    unanswered (Envoy resets a stream it needs no more rather than closing it)."""
 
 
 def not_a(message: str, exc: DecodeError) -> str:
@@ -76,11 +93,13 @@ class Call(Protocol):
 
 class MessageStream(Call, Protocol):
     async def read(self) -> bytes | None:
-        """The next message, or None when the client has ended its side."""
+        """The next message, or None when the client has ended its side (or reset the
+        stream while this was waiting); StreamReset if the client reset it meanwhile."""
         ...
 
     async def write(self, message: bytes) -> None:
-        """Send one message (the transport frames it)."""
+        """Send one message (the transport frames it); StreamReset if the client has reset
+        the stream."""
         ...
 
 
@@ -94,15 +113,22 @@ class Services:
         chain = state.chain
         chain.acquire()
         counters.streams_started += 1
+        watching = observe.stream_started(EXT_PROC) if observe.stream_observers else None
+        stream: Stream | None = None
+        end = StreamEnd.CANCELLED
         try:
             settings = state.settings
             peer = proven_peer(call.caller(), settings) if settings.proves_peers else None
             stream = Stream(chain, settings, peer=peer)
             read, write, parse = call.read, call.write, ProcessingRequest.FromString
             while True:
+                # Envoy resets a stream it needs no more instead of closing it: reset while
+                # waiting here, the exchange is complete (nothing was left unanswered).
+                end = StreamEnd.COMPLETE
                 data = await read()
                 if data is None:
                     return OK
+                end = StreamEnd.CANCELLED
                 try:
                     msg = parse(data)
                 except DecodeError as exc:
@@ -119,17 +145,29 @@ class Services:
                     await write(reply.SerializeToString())
                 if stream.closing:
                     counters.streams_closed_early += 1
+                    end = StreamEnd.CLOSED_EARLY
                     return OK  # nothing more is needed: end the stream
+        except StreamReset:
+            # The client reset the stream while a message was being answered (a transport
+            # that does not cancel the task; grpc.aio cancels it: CancelledError).
+            counters.streams_cancelled += 1
+            end = StreamEnd.CANCELLED
+            return RESET
         except ProtocolError as exc:
             counters.streams_aborted += 1
+            end = StreamEnd.PROTOCOL_ERROR
             return client_fault("ext_proc stream", Status(exc.code, exc.message), call.peer())
         except Exception as exc:
             counters.streams_aborted += 1
+            end = StreamEnd.INTERNAL_ERROR
             faults.internal_fault("ext_proc stream", exc)
             return INTERNAL_STREAM
         finally:
             counters.streams_finished += 1
             chain.release()
+            if watching is not None:
+                exchange = stream.exchange if stream is not None else None
+                observe.stream_ended(watching, EXT_PROC, exchange, end)
 
     async def check(self, request: bytes, call: Call) -> bytes | Status:
         try:

@@ -1,14 +1,16 @@
 """Process-wide counters of what the server did, cheap enough for the per-request path.
 
-Plain integer attributes, bumped inline; the metrics issue exports them. Tests read them to
-prove things Envoy cannot show (how many bytes were copied joining bodies, which phases the
-chain skipped). Each process has its own: a worker counts its streams, the supervisor its
-reloads, restarts and recycles (`Supervisor.own_stats()`). Most are counters; the few
-gauges (a current state, not a count) say so.
+Plain integer attributes, bumped inline; a worker's metrics snapshot exports them
+(asm_proxy.metrics.serving). Tests read them to prove things Envoy cannot show (how many
+bytes were copied joining bodies, which phases the chain skipped). Each process has its own:
+a worker counts its streams, the supervisor its reloads, restarts and recycles
+(`Supervisor.own_stats()`). Most are counters; the few gauges (a current state, not a
+count) say so.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 
@@ -52,3 +54,6 @@ class Counters:
 
 
 counters = Counters()
+
+#: ProcessingRequests received, by their `request` field (request_headers, ...).
+message_kinds: Counter[str] = Counter()

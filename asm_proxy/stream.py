@@ -24,9 +24,10 @@ from asm_proxy.direction import BodyMode, Direction, Stage
 from asm_proxy.events import BY_MESSAGE, REQUEST_HEADERS, Event
 from asm_proxy.exchange import Exchange, Http
 from asm_proxy.identity import Workload
+from asm_proxy.logs import bind_exchange
 from asm_proxy.plugin import Respond
 from asm_proxy.replies import CONTINUE, ModeKey, Reply
-from asm_proxy.stats import counters
+from asm_proxy.stats import counters, message_kinds
 from asm_proxy.status import Code
 from asm_proxy.wire import ProcessingRequest, ProcessingResponse, ext_proc
 
@@ -119,6 +120,7 @@ class Stream:
             )
         handler, event = entry
         counters.messages += 1
+        message_kinds[event.key] += 1
         deadline = self._loop.time() + self.settings.deadline
         x = self.exchange
         if x is None:
@@ -148,6 +150,7 @@ class Stream:
         if msg.observability_mode:
             self.overrides = False
         x = Exchange(peer=self.peer)
+        bind_exchange(x)
         x.request.mode, x.response.mode = self.configured
         if event is REQUEST_HEADERS:
             x.request.receive_headers(msg.request_headers.headers)

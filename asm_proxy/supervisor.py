@@ -38,13 +38,25 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from asm_proxy import listeners, unix_sockets
-from asm_proxy.config import ConfigError, ServerSettings, decode_config, read_config_bytes
-from asm_proxy.loader import load_text
-from asm_proxy.reload import ConfigWatcher
+from asm_proxy import __version__, listeners, logs, unix_sockets
+from asm_proxy.admin import AdminServer
+from asm_proxy.config import (
+    AdminSettings,
+    ConfigError,
+    ServerSettings,
+    config_hash,
+    decode_config,
+    read_config_bytes,
+)
+from asm_proxy.config_dump import describe_plugins, dump_config
+from asm_proxy.loader import Loaded, load_text
+from asm_proxy.metrics.exposition import Merged, Totals
+from asm_proxy.namespaces import NamespaceFiles, compose
+from asm_proxy.reload import SETTLE, ConfigWatcher
 from asm_proxy.stats import counters
 from asm_proxy.transport import resolve
 
@@ -160,6 +172,8 @@ class WorkerHandle:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader_task: asyncio.Task[None] | None = None
+        #: Its metrics as last reported (a scrape, or its final word when it stopped).
+        self.last_metrics: list[dict[str, Any]] | None = None
 
     @property
     def alive(self) -> bool:
@@ -176,6 +190,9 @@ class WorkerHandle:
                 if not line:
                     break
                 message = json.loads(line)
+                if message.get("op") == "final":
+                    self.last_metrics = message.get("families")
+                    continue
                 future = self._pending.pop(message.get("id", 0), None)
                 if future is not None and not future.done():
                     future.set_result(message)
@@ -207,6 +224,12 @@ class WorkerHandle:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 _send(self.writer, message)
 
+    async def finished(self, wait: float = 1.0) -> None:
+        """Wait (a little) until everything the exited worker wrote has been read."""
+        if self._reader_task is not None and not self._reader_task.done():
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._reader_task), wait)
+
     def close(self) -> None:
         if self._reader_task is not None:
             self._reader_task.cancel()
@@ -223,6 +246,7 @@ class Supervisor:
         *,
         listen: str | None = None,
         workers: int | None = None,
+        admin: str | None = None,
         transport: str | None = None,
     ) -> None:
         self.config_path = Path(config_path)
@@ -236,7 +260,9 @@ class Supervisor:
         self.workers: list[WorkerHandle] = []
         self.addresses: list[str] = []
         self.restarts = 0
-        self._text = ""
+        self._main = ""  # the config file as last accepted
+        self._text = ""  # what the workers run: that, with the namespace files' plugins
+        self._namespaces: NamespaceFiles | None = None
         self._holder: socket.socket | None = None
         self._stopping = False
         self._watcher: ConfigWatcher | None = None
@@ -244,25 +270,64 @@ class Supervisor:
         self._reload_lock = asyncio.Lock()
         self._retiring: set[WorkerHandle] = set()  # recycled workers still finishing streams
         self._useless_rss_limit = 0  # a maxWorkerRss a fresh worker is already above
+        #: What the admin endpoint and the metrics tell about the running config.
+        self.config_hash = ""
+        self.loaded_at = 0.0
+        self.plugins: list[dict[str, Any]] = []
+        self.config_dump: dict[str, Any] = {}
+        #: Every worker has said it serves once (workers restarting later keep it true).
+        self.started = False
+        self.totals = Totals()
+        self.admin: AdminServer | None = None
+        self._admin_listen = admin
+        #: `asm-proxy serve`: the config's log format and level are the process's.
+        self.owns_logging = False
 
     # -- starting ------------------------------------------------------------------
 
-    def _read(self, data: bytes | None = None) -> tuple[str, ServerSettings, list[str]]:
+    def _read(self, data: bytes | None = None) -> tuple[str, str, Loaded]:
         """Check the file (or `data`, its content as the watcher saw it settle) with the
-        same loader and messages as `validate`; raises ConfigError."""
+        same loader and messages as `validate`; raises ConfigError. Returns the file's
+        text, and the config the workers run (with the namespace files' plugins, if any)
+        as text and loaded."""
         if data is None:
             data = read_config_bytes(self.config_path)
-        text = decode_config(self.config_path, data)
-        loaded = load_text(self.config_path, text)
+        main = decode_config(self.config_path, data)
+        loaded = load_text(self.config_path, main)
         for warning in loaded.warnings:
             log.warning("%s", warning)
-        return text, loaded.settings, [e.name for e in loaded.chain.entries]
+        namespaces = loaded.settings.namespaces
+        if namespaces is None:
+            self._namespaces = None
+            return main, main, loaded
+        files = self._namespaces
+        if files is None or files.settings != namespaces:
+            files = NamespaceFiles(namespaces, self.config_path)
+            files.load()  # a refused file is logged, and its namespace fails closed
+        text = compose(main, files.entries())
+        composed = load_text(self.config_path, text)
+        self._namespaces = files
+        return main, text, composed
+
+    def _running(self, text: str, loaded: Loaded) -> None:
+        """Remember what the workers now run, for /config_dump, /plugins and metrics."""
+        self._text, self.settings = text, loaded.settings
+        self.config_hash = config_hash(text)
+        self.loaded_at = time.time()
+        self.plugins = describe_plugins(loaded.chain)
+        self.config_dump = dump_config(text, loaded)
 
     async def start(self) -> None:
         """Check the config and the address, start every worker; raises ConfigError or
         OSError (nothing left running) if that cannot be done."""
-        self._text, self.settings, names = self._read()
+        self._main, text, loaded = self._read()
+        self._running(text, loaded)
+        names = [e.name for e in loaded.chain.entries]
         listen = self._listen or self.settings.listen
+        admin = self._admin_settings()
+        if admin is not None:
+            self.admin = AdminServer(self, admin)
+            await self.admin.start()  # raises OSError: nothing else started yet
         count = self._workers or self.settings.workers or default_workers()
         if not listen.startswith("unix:"):
             self._holder, listen = reserve_tcp_port(listen)
@@ -288,20 +353,24 @@ class Supervisor:
         if failure is not None:
             await self._kill_all()
             self._release()
+            if self.admin is not None:
+                await self.admin.stop()
             if isinstance(failure, WorkerStartError):
                 raise OSError(str(failure))
             raise failure
         for handle in self.workers:
             self._watch(handle)
+        self.started = True
         self._spawn_task(self._recycle_when_due())
         if self.settings.reload_interval > 0:
             self._watcher = ConfigWatcher(
                 self.config_path,
                 self.settings.reload_interval,
                 self.reload,
-                initial=self._text.encode(),
+                initial=self._main.encode(),
             )
             self._spawn_task(self._watcher.run())
+            self._spawn_task(self._watch_namespaces())
         log.info(
             "asm-proxy serving on %s with %d worker(s) (pids %s) and %d plugin(s): %s",
             ", ".join(dict.fromkeys(self.addresses)),
@@ -420,7 +489,10 @@ class Supervisor:
     async def _keep_alive(self, handle: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
         code = await handle.proc.wait()
+        await handle.finished()
         handle.close()
+        self.totals.retire(handle.last_metrics)
+        handle.last_metrics = None
         self._retiring.discard(handle)
         if self._stopping or handle.retired:
             return
@@ -548,7 +620,7 @@ class Supervisor:
         to it (or none does)."""
         async with self._reload_lock:
             try:
-                text, settings, names = self._read(data)
+                main, text, loaded = self._read(data)
             except ConfigError as exc:
                 counters.config_reload_failures += 1
                 log.error(
@@ -557,37 +629,88 @@ class Supervisor:
                     "\n".join(f"  {p}" for p in exc.problems),
                 )
                 return False
-            workers = [w for w in self.workers if w.alive]
-            replies = await asyncio.gather(
-                *(w.request({"op": "reload", "config": text}) for w in workers),
-                return_exceptions=True,
-            )
-            swapped = [w for w, r in zip(workers, replies, strict=True) if _ok(r)]
-            if len(swapped) < len(workers):
-                refused = [w.index for w in workers if w not in swapped]
-                log.error(
-                    "config %s refused: worker(s) %s could not start its plugins (see their "
-                    "log); the running chain stays",
-                    self.config_path,
-                    refused,
-                )
-                await asyncio.gather(
-                    *(w.request({"op": "reload", "config": self._text}) for w in swapped),
-                    return_exceptions=True,
-                )
-                counters.config_reload_failures += 1
+            settings = loaded.settings
+            names = [e.name for e in loaded.chain.entries]
+            if not await self._swap(text):
                 return False
             if settings.listen != self.settings.listen or settings.workers != self.settings.workers:
                 log.warning("listen and workers changes take effect on restart")
-            self._text, self.settings = text, settings
-            counters.config_reloads += 1
+            if settings.admin != self.settings.admin:
+                log.warning("admin changes take effect on restart")
+            self._main = main
+            self._running(text, loaded)
+            if self.owns_logging:
+                logs.setup(settings.log_format, settings.log_level)
             log.info(
                 "config %s reloaded in %d worker(s): %s",
                 self.config_path,
-                len(workers),
+                len(self.workers),
                 ", ".join(names) or "no plugins",
             )
             return True
+
+    async def _swap(self, text: str) -> bool:
+        """Every live worker runs `text` (checked already), or none does."""
+        workers = [w for w in self.workers if w.alive]
+        replies = await asyncio.gather(
+            *(w.request({"op": "reload", "config": text}) for w in workers),
+            return_exceptions=True,
+        )
+        swapped = [w for w, r in zip(workers, replies, strict=True) if _ok(r)]
+        if len(swapped) < len(workers):
+            refused = [w.index for w in workers if w not in swapped]
+            log.error(
+                "config %s refused: worker(s) %s could not start its plugins (see their "
+                "log); the running chain stays",
+                self.config_path,
+                refused,
+            )
+            await asyncio.gather(
+                *(w.request({"op": "reload", "config": self._text}) for w in swapped),
+                return_exceptions=True,
+            )
+            counters.config_reload_failures += 1
+            return False
+        self._text = text
+        counters.config_reloads += 1
+        return True
+
+    async def _watch_namespaces(self) -> None:
+        """Poll the namespace directory; a changed file swaps in only its namespace."""
+        while True:
+            await asyncio.sleep(self.settings.reload_interval or 1.0)
+            files = self._namespaces
+            if files is None:
+                continue
+            try:
+                if await files.refresh(SETTLE):
+                    await self._reload_namespaces(files)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("namespace reload failed")
+
+    async def _reload_namespaces(self, files: NamespaceFiles) -> None:
+        async with self._reload_lock:
+            if files is not self._namespaces:
+                return  # the config file changed the directory meanwhile
+            text = compose(self._main, files.entries())
+            try:
+                loaded = load_text(self.config_path, text)
+            except ConfigError as exc:  # each file loaded alone; together they should too
+                counters.config_reload_failures += 1
+                log.error(
+                    "namespace plugins refused; the running chain stays:\n%s",
+                    "\n".join(f"  {p}" for p in exc.problems),
+                )
+                return
+            if await self._swap(text):
+                self._running(text, loaded)
+                log.info(
+                    "namespace plugins reloaded in %d worker(s): %s",
+                    len(self.workers),
+                    ", ".join(e.name for e in loaded.chain.entries) or "no plugins",
+                )
 
     @property
     def stopping(self) -> bool:
@@ -602,6 +725,56 @@ class Supervisor:
             *(w.request({"op": "stats"}, wait=10) for w in workers), return_exceptions=True
         )
         return [r for r in replies if isinstance(r, dict)]
+
+    async def metrics(self) -> dict[str, Merged]:
+        """Every worker's metrics summed (recycled ones still finishing streams too), with
+        what workers now gone had counted."""
+        workers = [w for w in (*self.workers, *self._retiring) if w.alive]
+        replies = await asyncio.gather(
+            *(w.request({"op": "metrics"}, wait=10) for w in workers), return_exceptions=True
+        )
+        live = []
+        for worker, reply in zip(workers, replies, strict=True):
+            if isinstance(reply, dict):
+                worker.last_metrics = reply["families"]
+            if worker.last_metrics is not None:
+                live.append(worker.last_metrics)
+        return self.totals.with_live(live)
+
+    @property
+    def serving(self) -> list[WorkerHandle]:
+        return [w for w in self.workers if w.alive]
+
+    @property
+    def ready(self) -> bool:
+        """Config loaded, every worker has started, one serves now, and not draining."""
+        return self.started and not self._stopping and bool(self.serving)
+
+    def state(self) -> dict[str, Any]:
+        """What the supervisor knows of itself (metrics, /readyz, /config_dump)."""
+        return {
+            "workers": len(self.addresses),
+            "workers_serving": len(self.serving),
+            "restarts": self.restarts,
+            "reloads": {"ok": counters.config_reloads, "failed": counters.config_reload_failures},
+            "recycles": counters.worker_recycles,
+            "config_file_unusable": counters.config_file_unusable,
+            "config_file_unusable_events": counters.config_file_unusable_events,
+            "config_file_unsettled": counters.config_file_unsettled,
+            "config_hash": self.config_hash,
+            "config_file": str(self.config_path),
+            "loaded_at": self.loaded_at,
+            "plugins": self.plugins,
+            "ready": self.ready,
+            "draining": self._stopping,
+            "version": __version__,
+        }
+
+    def _admin_settings(self) -> AdminSettings | None:
+        if self._admin_listen is None:
+            return self.settings.admin
+        base = self.settings.admin or AdminSettings()
+        return AdminSettings(listen=self._admin_listen, allow_non_loopback=base.allow_non_loopback)
 
     def own_stats(self) -> dict[str, Any]:
         """The supervisor's own {pid, counters}: reloads, restarts, recycles, the config
@@ -633,6 +806,8 @@ class Supervisor:
         await self._wait_all(delay + grace + 5.0)
         closing.cancel()
         self._release()
+        if self.admin is not None:
+            await self.admin.stop()
 
     async def force(self) -> None:
         """Stop now: streams in flight are cut; stragglers are killed after 2 seconds."""
@@ -642,6 +817,8 @@ class Supervisor:
             handle.tell({"op": "stop"})
         await self._wait_all(2.0)
         self._release()
+        if self.admin is not None:
+            await self.admin.stop()
 
     def _stop_tasks(self) -> None:
         for task in list(self._tasks):
@@ -695,13 +872,18 @@ async def supervise(
     config_path: str,
     listen: str | None = None,
     workers: int | None = None,
+    admin: str | None = None,
     transport: str | None = None,
 ) -> None:
     """`asm-proxy serve`: run until SIGTERM/SIGINT (drain) or a second one (stop now);
     SIGHUP checks the config file at once."""
-    supervisor = Supervisor(config_path, listen=listen, workers=workers, transport=transport)
+    supervisor = Supervisor(
+        config_path, listen=listen, workers=workers, admin=admin, transport=transport
+    )
+    supervisor.owns_logging = True
     await supervisor.start()
-    logging.getLogger().setLevel(supervisor.settings.log_level.upper())
+    settings = supervisor.settings
+    logs.setup(settings.log_format, settings.log_level)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     forced: list[asyncio.Task[None]] = []

@@ -25,6 +25,8 @@ from asm_proxy.exchange import Http
 from asm_proxy.headers import Headers
 from asm_proxy.loader import build_chain, load_text
 from asm_proxy.matching import compile_match, compile_selector
+from asm_proxy.metrics.serving import bind_chain, recording
+from asm_proxy.metrics.store import Registry
 from asm_proxy.plugin import FailStrategy, Phase, Plugin, prepare
 from asm_proxy.stream import Stream
 from asm_proxy.wire import BodySendMode, ProcessingMode, core, ext_proc
@@ -272,6 +274,9 @@ class PluginHost:
             )
             chain = Chain([entry])
         self.chain = chain
+        #: The chain's metrics (its plugins' own and their hooks'): read with `metric()`.
+        self.metrics = Registry()
+        bind_chain(chain, self.metrics)
         self.settings = settings or ServerSettings()
         self.protocol = dict(protocol) if protocol is not None else {}
         self._loop = _host_loop()
@@ -320,6 +325,11 @@ class PluginHost:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def metric(self, name: str, **labels: str) -> float:
+        """A metric of the chain's plugins, summed over the series with these labels (a
+        histogram's count): `host.metric("asm_proxy_plugin_x_total", outcome="ok")`."""
+        return self.metrics.value(name, labels)
+
     @property
     def http(self) -> Http:
         """What plugins see of the current exchange."""
@@ -354,7 +364,8 @@ class PluginHost:
             for key, value in self.protocol.items():
                 setattr(msg.protocol_config, key, value)
         self._first = False
-        reply = await self.stream.handle(msg)
+        with recording():  # hook metrics, only while this host drives the chain
+            reply = await self.stream.handle(msg)
         at = asyncio.get_running_loop().time()
         if reply is None:
             return []

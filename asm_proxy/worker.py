@@ -10,7 +10,8 @@ line:
 
     {"op": "reload", "config": TEXT, "id": n} -> {"id": n, "ok": bool}
     {"op": "stats", "id": n}                  -> {"id": n, "index", "pid", "address",
-                                                  "in_flight", "rss", "counters"}
+                                                  "in_flight", "rss", "counters", "config_hash"}
+    {"op": "metrics", "id": n}                -> {"id": n, "families": [...]}
     {"op": "drain", "delay": s, "grace": s}      NOT_SERVING, then stop (see Server.drain)
     {"op": "retire", "grace": s}                 a replacement serves: stop taking streams,
                                                  finish those in flight, exit
@@ -25,6 +26,10 @@ ORPHAN_DEADLINE (SIGALRM's default action ends it then, whatever it is doing).
 
 SIGTERM sent to a worker directly drains it like the supervisor's "drain"; SIGINT is ignored
 (a terminal's Ctrl-C is the supervisor's to handle).
+
+(`families` is asm_proxy.metrics.serving.snapshot(); the supervisor sums the workers'.)
+When it stops, a worker sends `{"op": "final", "families": [...]}` unasked, so what it
+counted since the last scrape is not lost to the supervisor's totals.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from asm_proxy.config import ConfigError
+from asm_proxy import logs
+from asm_proxy.config import ConfigError, config_hash
 from asm_proxy.loader import load_text
+from asm_proxy.metrics.serving import snapshot
 from asm_proxy.server import Server
 from asm_proxy.stats import counters
 
@@ -75,6 +82,8 @@ class Worker:
         self.server: Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._drain: asyncio.Task[None] | None = None
+        #: The hash of the config text running now (config_hash()).
+        self.config_hash = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._orphaned = False
 
@@ -95,7 +104,7 @@ class Worker:
             return 1  # the supervisor went away before saying what to serve
         try:
             loaded = load_text(start["path"], start["config"])
-            logging.getLogger().setLevel(loaded.settings.log_level.upper())
+            logs.setup(loaded.settings.log_format, loaded.settings.log_level, worker=self.index)
             server = Server(
                 loaded,
                 config_path=start["path"],
@@ -115,6 +124,7 @@ class Worker:
             self._send({"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
             return 1
         self.server = server
+        self.config_hash = config_hash(start["config"])
         loop = self._loop = asyncio.get_running_loop()
         # A plain handler, not the loop's: it runs even while a hook blocks the loop, and
         # arms the deadline that ends the process if the loop never gets to stop.
@@ -138,6 +148,10 @@ class Worker:
                 await control
             if self._drain is not None:
                 await self._drain
+            self._send({"op": "final", "families": snapshot()})
+            if self._writer is not None:
+                with contextlib.suppress(ConnectionError):
+                    await self._writer.drain()
         return 0
 
     def orphaned(self, how: str) -> None:
@@ -190,7 +204,13 @@ class Worker:
             op = message.get("op")
             if op == "reload":
                 ok = await server.reload(message["config"])
+                if ok:
+                    self.config_hash = config_hash(message["config"])
+                    settings = server.settings
+                    logs.setup(settings.log_format, settings.log_level, worker=self.index)
                 self._send({"id": message["id"], "ok": ok})
+            elif op == "metrics":
+                self._send({"id": message["id"], "families": snapshot()})
             elif op == "stats":
                 self._send(
                     {
@@ -201,6 +221,7 @@ class Worker:
                         "in_flight": server.chain.in_flight,
                         "rss": resident_bytes(),
                         "counters": counters.snapshot(),
+                        "config_hash": self.config_hash,
                     }
                 )
             elif op == "drain":
@@ -259,11 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen-fd", type=int)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s",
-        stream=sys.stderr,
-    )
+    # The config's format and level apply once it has arrived.
+    logs.setup("auto", "info", worker=args.index)
     worker = Worker(args.index, args.listen, args.reuse_port, args.transport, args.listen_fd)
     raise SystemExit(run_loop(worker.run(args.control_fd)))
 

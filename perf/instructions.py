@@ -41,32 +41,81 @@ HEADERS = [
 ]
 
 
-def drive(config: str, body_bytes: int, count: int) -> None:
-    """Run `count` exchanges through Stream.handle: request headers, and the body if any."""
+#: What is recorded besides the work (the observability benchmark's variants): nothing;
+#: metrics (the default of a server); metrics and traces, none sampled; every one sampled.
+OBSERVE = ("off", "metrics", "unsampled", "unsampled-parent", "sampled")
+#: What Envoy or Istio forward when their caller's trace was not sampled.
+UNSAMPLED_PARENT = ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+
+
+def _observe(chain: Any, observe: str) -> None:
+    """Set up what `observe` names, as a worker does at start."""
+    if observe == "off":
+        return
+    from asm_proxy.metrics.serving import bind_chain, record
+
+    bind_chain(chain)
+    record(True)
+    if observe == "metrics":
+        return
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    from asm_proxy import tracing
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> Any:
+            from opentelemetry.sdk.trace.export import SpanExportResult
+
+            return SpanExportResult.SUCCESS
+
+    sampler = ALWAYS_ON if observe == "sampled" else ParentBased(TraceIdRatioBased(0.0))
+    provider = TracerProvider(sampler=sampler, resource=tracing.resource())
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    tracing.install(tracing.Tracing(provider))
+
+
+def drive(config: str, body_bytes: int, count: int, observe: str = "off") -> None:
+    """Run `count` exchanges through Stream.handle: request headers, and the body if any;
+    with the stream seam called around each, as the servicer calls it."""
+    from asm_proxy import observe as seam
     from asm_proxy.loader import load_text
+    from asm_proxy.observe import EXT_PROC, StreamEnd
     from asm_proxy.stream import Stream
     from asm_proxy.testing import messages
 
     loaded = load_text("bench.yaml", config)
-    headers = messages.request_headers(HEADERS, end_of_stream=not body_bytes)
+    _observe(loaded.chain, observe)
+    sent = [*HEADERS, UNSAMPLED_PARENT] if observe == "unsampled-parent" else HEADERS
+    headers = messages.request_headers(sent, end_of_stream=not body_bytes)
     body = messages.request_body(b"x" * body_bytes, True) if body_bytes else None
 
     async def main() -> None:
         await loaded.chain.start()
         for _ in range(count):
+            watching = seam.stream_started(EXT_PROC) if seam.stream_observers else None
             stream = Stream(loaded.chain, loaded.settings)
             reply = await stream.handle(headers)
             reply.SerializeToString()
             if body is not None:
                 reply = await stream.handle(body)
                 reply.SerializeToString()
+            if watching is not None:
+                seam.stream_ended(watching, EXT_PROC, stream.exchange, StreamEnd.COMPLETE)
 
     asyncio.run(main())
+    if observe not in ("off", "metrics"):
+        from asm_proxy import tracing
+
+        tracing.shutdown()  # exported spans are part of the cost
 
 
-def _count(config: str, body_bytes: int, count: int, workdir: Path) -> int:
+def _count(config: str, body_bytes: int, count: int, workdir: Path, observe: str = "off") -> int:
     spec = workdir / "spec.json"
-    spec.write_text(json.dumps({"config": config, "body": body_bytes, "count": count}))
+    spec.write_text(
+        json.dumps({"config": config, "body": body_bytes, "count": count, "observe": observe})
+    )
     done = subprocess.run(
         [
             "valgrind",
@@ -92,14 +141,17 @@ def _count(config: str, body_bytes: int, count: int, workdir: Path) -> int:
     return int(match.group(1))
 
 
-def measure(points: list[tuple[str, str, float, str, int]]) -> list[dict[str, Any]]:
-    """points: (group, name, x, config, body bytes)."""
+Point = tuple[str, str, float, str, int, str]
+
+
+def measure(points: list[Point]) -> list[dict[str, Any]]:
+    """points: (group, name, x, config, body bytes, what is observed)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for group, name, x, config, body_bytes in points:
-            base = _count(config, body_bytes, 0, work)
-            full = _count(config, body_bytes, EXCHANGES, work)
+        for group, name, x, config, body_bytes, observe in points:
+            base = _count(config, body_bytes, 0, work, observe)
+            full = _count(config, body_bytes, EXCHANGES, work, observe)
             per = (full - base) / EXCHANGES
             rows.append({"group": group, "scenario": name, "x": x, "instructions": round(per)})
             print(f"  {name:<12} {per:>12,.0f} instructions per exchange", flush=True)
@@ -110,25 +162,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.instructions")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--observability",
+        action="store_true",
+        help="only headers-1 with metrics and traces off, on, unsampled and sampled",
+    )
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child.read_text())
-        drive(spec["config"], spec["body"], spec["count"])
+        drive(spec["config"], spec["body"], spec["count"], spec.get("observe", "off"))
         return 0
     if not shutil.which("valgrind"):
         print("valgrind is missing: apt-get install valgrind", file=sys.stderr)
         return 2
     from perf.scenarios import HEADERS_ONE, WHOLE_BODY, chain
 
-    points: list[tuple[str, str, float, str, int]] = [("main", "headers-1", 1, HEADERS_ONE, 0)]
-    points += [("chain", f"chain-{n}", n, chain(n), 0) for n in (1, 2, 5, 10, 20)]
+    # The framework's own sweeps, without metrics or traces (as before they existed).
+    points: list[Point] = [("main", "headers-1", 1, HEADERS_ONE, 0, "off")]
+    points += [("chain", f"chain-{n}", n, chain(n), 0, "off") for n in (1, 2, 5, 10, 20)]
     points += [
-        ("body", f"body-{size}", size, WHOLE_BODY, size)
+        ("body", f"body-{size}", size, WHOLE_BODY, size, "off")
         for size in (1024, 16 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
     ]
+    # What recording costs: headers-1 with each level of observability.
+    observed = [
+        ("observability", f"headers-1-{o}", i, HEADERS_ONE, 0, o) for i, o in enumerate(OBSERVE)
+    ]
+    if args.observability:
+        points = observed
+    else:
+        points += observed
     rows = measure(points)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "instructions.json").write_text(
+    name = "instructions-observability.json" if args.observability else "instructions.json"
+    (args.out / name).write_text(
         json.dumps(
             {
                 "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),

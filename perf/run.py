@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -11,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -141,6 +142,20 @@ class AsmProxyServer(Server):
             self._loop.close()
 
 
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def plugin_missing(scenario: Scenario) -> str | None:
     for type_name in scenario.needs:
         try:
@@ -213,12 +228,13 @@ def measure(
             config = workdir / "asm-proxy.yaml"
             config.write_text(scenario.config)
             try:
-                server = AsmProxyServer(
-                    config,
-                    _listen(options, workdir, "asm"),
-                    scenario.workers or options.workers,
-                    scenario.transport,
-                )
+                with _environment(scenario.env):  # the workers copy it when they start
+                    server = AsmProxyServer(
+                        config,
+                        _listen(options, workdir, "asm"),
+                        scenario.workers or options.workers,
+                        scenario.transport,
+                    )
             except ConfigError as exc:
                 if not scenario.needs:
                     raise

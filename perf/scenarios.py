@@ -7,7 +7,7 @@ reported as skipped with the reason, never failed; the configs follow docs/plugi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -45,13 +45,15 @@ class Scenario:
     ext_authz: ExtAuthz | None = None
     needs: tuple[str, ...] = ()  # plugin types that must be installed
     workers: int | None = None
-    group: str = "main"  # main, body, chain, workers
+    group: str = "main"  # main, body, chain, workers, observability
     x: float | None = None  # the sweep's variable
     #: asm-proxy's transport (asm_proxy/transport/); scenarios of the other transports are
     #: named NAME@TRANSPORT.
     transport: str = "grpcio"
     #: Only this transport can serve it (ext_authz over HTTP: nghttp2).
     pinned: bool = False
+    #: Environment of the asm-proxy processes (OTEL_* for the tracing scenarios).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def on_transport(scenario: Scenario, transport: str) -> Scenario:

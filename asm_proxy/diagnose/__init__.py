@@ -20,7 +20,7 @@ import yaml
 
 from asm_proxy.diagnose.checks import Finding, Severity, run
 from asm_proxy.diagnose.envoy_side import EnvoySide, envoy_side
-from asm_proxy.loader import load
+from asm_proxy.namespaces import load_all
 
 
 def read_envoy_files(paths: list[str]) -> EnvoySide:
@@ -37,8 +37,10 @@ def read_envoy_admin(url: str, timeout: float = 5.0) -> EnvoySide:
         return envoy_side(json.loads(reply.read()))
 
 
-def diagnose(config: str | Path, envoy: EnvoySide | None = None) -> list[Finding]:
-    return run(load(config), envoy)
+def diagnose(
+    config: str | Path, envoy: EnvoySide | None = None, namespace_dir: str | Path | None = None
+) -> list[Finding]:
+    return run(load_all(config, namespace_dir), envoy)
 
 
 def worst(findings: list[Finding]) -> int:

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from asm_proxy.loader import Loaded, load
+from asm_proxy.loader import Loaded
+from asm_proxy.namespaces import load_all
 from asm_proxy.render import envoy, istio
 from asm_proxy.render.needs import EnvoyNeeds, derive
 from asm_proxy.render.placement import ClientTls, Mode, Placement, placement
@@ -52,7 +53,10 @@ class Options:
 
 def _placement(loaded: Loaded, options: Options) -> Placement:
     listen = loaded.settings.listen
-    if options.mode == "central":
+    tcp_node = options.mode == "node" and options.socket is None and not listen.startswith("unix:")
+    if options.mode == "central" or tcp_node:
+        # Node mode over TCP reaches the node's own replica through the Service with
+        # internalTrafficPolicy: Local (deploy/overlays/node/service.yaml), as central does.
         port = options.port
         if port is None:
             if listen.startswith("unix:"):
@@ -69,6 +73,13 @@ def _placement(loaded: Loaded, options: Options) -> Placement:
             tls=options.client_tls,
             namespace=options.namespace or "",
         )
+        if tcp_node:
+            if loaded.settings.tls is None:
+                raise RenderError(
+                    f"node mode over TCP ({listen}) needs `tls:` in the config: on TCP, "
+                    "a caller's identity is its client certificate (or use a Unix socket)"
+                )
+            where = replace(where, mode="node")
         if options.addresses:
             where = replace(where, endpoints=tuple(options.addresses))
         return where
@@ -108,8 +119,12 @@ def render(loaded: Loaded, options: Options) -> dict[str, Any]:
     return {"envoy-fragment.yaml": fragment}
 
 
-def render_file(config: str | Path, options: Options) -> dict[str, Any]:
-    return render(load(config), options)
+def render_file(
+    config: str | Path, options: Options, namespace_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Render for `config` with its namespace files (from `namespace_dir` if given): what
+    Envoy is told covers the union of every namespace's plugins."""
+    return render(load_all(config, namespace_dir), options)
 
 
 def dump(objects: dict[str, Any]) -> str:

@@ -29,12 +29,13 @@ Envoy's access log format prints it. Once the exchange is over it also logs one 
 
 Redaction: JSON bodies (`*/json`, `*/*+json`) and form bodies
 (`application/x-www-form-urlencoded`) have the value of every key that contains one of
-`redactKeys` (case, `-` and `_` ignored; nested objects and arrays too) replaced with
-"[REDACTED]". That needs the whole document: a JSON or form body larger than `redactLimit`,
-or one that did not arrive whole, is not logged at all (`<dir>_body_omitted`), never a
-prefix that might hold a secret. The redacted text is then capped at maxBytes. Query
-parameters in the logged path are redacted the same way. Other text bodies are logged as
-they are: list only the content types whose bodies may be logged in clear.
+`redactKeys` (case, `-` and `_` ignored; nested objects and arrays too, and JSON held in
+a string value) replaced with "[REDACTED]". That needs the whole document: a JSON or form
+body larger than `redactLimit`, or one that did not arrive whole, is not logged at all
+(`<dir>_body_omitted`), never a prefix that might hold a secret. The redacted text is
+then capped at maxBytes. Query parameters in the logged path are redacted the same way.
+Other text bodies are logged as they are: list only the content types whose bodies may be
+logged in clear.
 """
 
 from __future__ import annotations
@@ -176,12 +177,25 @@ class Redactor:
         return known
 
     def json(self, value: Any) -> Any:
-        """A copy of a parsed JSON document with sensitive keys' values redacted."""
+        """A copy of a parsed JSON document with sensitive keys' values redacted, also in
+        JSON carried inside a string (an API that echoes or wraps a request as text)."""
         if isinstance(value, dict):
             return {k: REDACTED if self.sensitive(k) else self.json(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.json(v) for v in value]
+        if isinstance(value, str) and value.lstrip().startswith(("{", "[")):
+            return self._embedded(value)
         return value
+
+    def _embedded(self, text: str) -> str:
+        try:
+            inner = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return text
+        if not isinstance(inner, dict | list):
+            return text
+        redacted = self.json(inner)
+        return text if redacted == inner else orjson.dumps(redacted).decode("utf-8")
 
     def form(self, text: str) -> str:
         """`a=1&password=x` -> `a=1&password=[REDACTED]`; the rest stays as written."""
@@ -301,6 +315,12 @@ class BodyLogPlugin(Plugin):
         if config.response:
             hooks |= {Event.RESPONSE_BODY_CHUNK, Event.RESPONSE_TRAILERS}
         self.hooks = frozenset(hooks)
+        self.bodies = self.counter(
+            "body_log_bodies_total",
+            "Bodies seen, by direction and what was logged: logged (whole), truncated (the "
+            "first maxBytes), or why it was omitted (binary, too_large_to_redact, ...)",
+            labels=["direction", "result"],
+        )
 
     # -- what to keep --------------------------------------------------------------------
 
@@ -502,6 +522,8 @@ class BodyLogPlugin(Plugin):
         result = self.render(side, complete)
         exchange: Exchange = http.state
         exchange.result[direction] = result
+        outcome = result.get("omitted") or ("truncated" if result["truncated"] else "logged")
+        self.bodies.labels(direction, outcome).inc()
         if not self.config.metadata:
             return
         prefix = direction + "_body"

@@ -90,9 +90,8 @@ class ConsulPlugin(Plugin):
         super().__init__(config)
         self.hosts = HostMap(config, frozenset({"default"}))
         self.paths = tuple(config.paths)
-        self.outcomes = Outcomes("consul")
+        self.outcomes = Outcomes(self, "consul")
         #: What happened to the answers seen, by outcome (rewritten, not_json, ...).
-        self.counts = self.outcomes.counts
 
     def on_request_headers(self, http: Http) -> None:
         request = http.request
@@ -182,7 +181,7 @@ class ConsulPlugin(Plugin):
         outcome, new, instances = self.rewrite(q, body.data)
         if new is None:
             if outcome in ("unchanged", "no_instances"):
-                self.counts[outcome] += 1
+                self.outcomes.count(outcome)
                 http.set_metadata("consul", {"service": q.service, "result": outcome})
             else:
                 self._pass(http, outcome, f"{q.service}: {body.size} bytes")

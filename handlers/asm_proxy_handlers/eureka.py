@@ -292,9 +292,8 @@ class EurekaPlugin(Plugin):
             frozenset(),
         )
         self.base_paths = tuple(config.base_paths)
-        self.outcomes = Outcomes("eureka")
+        self.outcomes = Outcomes(self, "eureka")
         #: What happened to the answers seen, by outcome (rewritten, not_json, ...).
-        self.counts = self.outcomes.counts
 
     def resolve(self, app: str) -> Target | str:
         if not app:
@@ -339,7 +338,7 @@ class EurekaPlugin(Plugin):
         result = (rewrite_json if is_json else rewrite_xml)(data, self.resolve)
         if result.body is None:
             if result.outcome in ("unchanged", "no_instances"):
-                self.counts[result.outcome] += 1
+                self.outcomes.count(result.outcome)
                 http.set_metadata("eureka", {"result": result.outcome})
             else:
                 self._pass(http, result.outcome, f"{http.state.path}: {body.size} bytes")

@@ -17,7 +17,8 @@ path, so no `match` rule is needed: any other request costs one header hook and 
 skip the response.
 
 Anything it cannot rewrite safely (a non-JSON, incomplete, compressed or unexpectedly shaped
-answer, an error status) passes through unchanged and is counted in `counts`.
+answer, an error status) passes through unchanged and is counted by outcome
+(`asm_proxy_plugin_discovery_answers_total`).
 """
 
 from __future__ import annotations
@@ -165,9 +166,8 @@ class NacosPlugin(Plugin):
         super().__init__(config)
         self.paths = frozenset(config.paths)
         self.hosts = nacos_hosts(config)
-        self.outcomes = Outcomes("nacos")
+        self.outcomes = Outcomes(self, "nacos")
         #: What happened to the exchanges seen, by outcome (rewritten, not_json, ...).
-        self.counts = self.outcomes.counts
 
     # -- request -------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class NacosPlugin(Plugin):
         result = rewrite_instances(body.data, target.host, target.port)
         if result.body is None:
             if result.outcome in ("unchanged", "no_instances"):
-                self.counts[result.outcome] += 1
+                self.outcomes.count(result.outcome)
                 http.set_metadata("nacos", {"service": target.service, "result": result.outcome})
             else:
                 self._pass(http, result.outcome, f"{body.size} bytes")

@@ -198,10 +198,18 @@ class NacosGrpcPlugin(Plugin):
         super().__init__(config)
         self.hosts: HostMap = nacos_hosts(config)
         self.limit = config.max_message_bytes
-        self.outcomes = Outcomes("nacos_grpc")
-        #: What happened to the messages seen, by outcome (rewritten, malformed, ...).
-        self.counts = self.outcomes.counts
+        self.outcomes = Outcomes(self, "nacos_grpc")
+        self.grpc_messages = self.counter(
+            "discovery_grpc_messages_total", "gRPC messages of registry answers looked at"
+        )
         self.connections: OrderedDict[str, str] = OrderedDict()
+
+    def count_frame(self, what: str) -> None:
+        """A message of an answer stream: seen, or passed without a look (and why)."""
+        if what == "messages":
+            self.grpc_messages.inc()
+        else:
+            self.outcomes.count(what)
 
     def remember(self, connection: str | None, namespace: str) -> None:
         """The namespace a client connection's requests name, for its pushes."""
@@ -232,7 +240,7 @@ class NacosGrpcPlugin(Plugin):
         connection = http.attributes.get("connection.id")
         x = GrpcExchange(path == BI_STREAM, None if connection is None else str(connection))
         x.request = MessageStream(_Requests(self, x), self.limit)
-        x.response = MessageStream(_Answers(self, x, http), self.limit, self.counts)
+        x.response = MessageStream(_Answers(self, x, http), self.limit, self.count_frame)
         http.state = x
 
     def on_request_body_chunk(self, http: Http, chunk: Chunk) -> None:
@@ -307,7 +315,7 @@ class NacosGrpcPlugin(Plugin):
         reason = self._rewrite_doc(x, kind, doc)
         if isinstance(reason, str):
             if reason in ("unchanged", "no_instances"):
-                self.counts[reason] += 1
+                self.outcomes.count(reason)
             else:
                 self.outcomes.passed(self.log, reason, kind)
             http.set_metadata("nacos_grpc", {"type": kind, "result": reason})

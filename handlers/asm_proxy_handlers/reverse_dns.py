@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -224,8 +224,25 @@ class ReverseDnsPlugin(Plugin):
         self.negative_ttl, self.error_ttl = cache.negative_ttl, cache.error_ttl
         self.cache: OrderedDict[IPAddress, CacheEntry] = OrderedDict()
         self.inflight: dict[IPAddress, asyncio.Task[str | None]] = {}
-        #: What the plugin did: rewritten, static_hit, cache_hit, dns_queries, no_name, ...
-        self.counts: Counter[str] = Counter()
+        #: How each lookup was answered (static, cache, query: a PTR query sent, coalesced:
+        #: waited for another request's query) and what came of the pod-IP Hosts.
+        self.lookups = self.counter(
+            "reverse_dns_lookups_total",
+            "Pod-IP lookups by how they were answered: static map, cache, a PTR query sent, "
+            "or coalesced into another request's query",
+            labels=["answered_by"],
+        )
+        self.results = self.counter(
+            "reverse_dns_hosts_total",
+            "Pod-IP Hosts by result: rewritten to a service name, or left (no name found)",
+            labels=["result"],
+        )
+        self._static_hit = self.lookups.labels("static")
+        self._cache_hit = self.lookups.labels("cache")
+        self._query = self.lookups.labels("query")
+        self._coalesced = self.lookups.labels("coalesced")
+        self._rewritten = self.results.labels("rewritten")
+        self._no_name = self.results.labels("no_name")
         self.resolver: dns.asyncresolver.Resolver | None = None
         self.dns = config.dns
         if self.dns is not None:
@@ -295,7 +312,7 @@ class ReverseDnsPlugin(Plugin):
         if entry is not None:
             if entry.expires > loop.time():
                 self.cache.move_to_end(ip)
-                self.counts["cache_hit"] += 1
+                self._cache_hit.inc()
                 if entry.error is not None:
                     raise LookupFailed(f"PTR lookup for {ip} failed recently: {entry.error}")
                 return entry.host
@@ -306,7 +323,7 @@ class ReverseDnsPlugin(Plugin):
             self.inflight[ip] = task
             task.add_done_callback(lambda t: self._lookup_done(ip, t))
         else:
-            self.counts["coalesced"] += 1
+            self._coalesced.inc()
         # shield: a request that stops waiting (its timeout) does not cancel the lookup.
         return await asyncio.shield(task)
 
@@ -319,7 +336,7 @@ class ReverseDnsPlugin(Plugin):
     async def _lookup(self, ip: IPAddress) -> str | None:
         resolver = self.resolver
         assert resolver is not None
-        self.counts["dns_queries"] += 1
+        self._query.inc()
         try:
             # dnspython may back off past its lifetime before giving up; hold it to ours.
             async with asyncio.timeout(resolver.lifetime):
@@ -358,13 +375,13 @@ class ReverseDnsPlugin(Plugin):
             if source == "static":
                 host = self.static_host(ip)
                 if host is not None:
-                    self.counts["static_hit"] += 1
+                    self._static_hit.inc()
                     return host
             else:
                 host = await self.dns_host(ip)
                 if host is not None:
                     return host
-        self.counts["no_name"] += 1
+        self._no_name.inc()
         return None
 
     # -- the hook ----------------------------------------------------------------------------
@@ -385,7 +402,7 @@ class ReverseDnsPlugin(Plugin):
             return
         http.request.authority = f"{name}:{port}" if port is not None else name
         http.set_metadata("reverse_dns_original_authority", authority)
-        self.counts["rewritten"] += 1
+        self._rewritten.inc()
 
     async def close(self) -> None:
         tasks = list(self.inflight.values())

@@ -172,6 +172,27 @@ class TestBodies:
         assert r.metadata["request_body_bytes"] == len(body)
         assert r.request_forwarded == body
 
+    def test_json_inside_a_string_is_redacted_too(self) -> None:
+        """An upstream that echoes the request as text (`{"body": "{\"password\": ...}"}`)
+        must not put the password in the log; other strings stay as they are."""
+        host = PluginHost(BodyLogPlugin, {})
+        echoed = orjson.dumps(
+            {
+                "body": LOGIN.decode(),
+                "list": [orjson.dumps([{"token": SECRET}]).decode()],
+                "text": "{not json",
+                "plain": "[1, 2]",
+            }
+        )
+        r = run(host, response=chunks(echoed, 9), response_headers=JSON)
+        assert r.response_forwarded == echoed
+        logged = r.metadata["response_body"]
+        assert SECRET not in logged
+        doc = orjson.loads(logged)
+        assert orjson.loads(doc["body"])["password"] == "[REDACTED]"
+        assert orjson.loads(doc["list"][0]) == [{"token": "[REDACTED]"}]
+        assert doc["text"] == "{not json" and doc["plain"] == "[1, 2]"
+
     def test_json_larger_than_max_bytes_is_redacted_then_cut(self) -> None:
         """A JSON body under redactLimit but over maxBytes: redacted whole, then cut."""
         host = PluginHost(BodyLogPlugin, {"maxBytes": 40})
@@ -189,6 +210,8 @@ class TestBodies:
         assert "request_body" not in r.metadata
         assert r.metadata["request_body_omitted"] == "too_large_to_redact"
         assert r.metadata["request_body_bytes"] == len(doc)
+        bodies = "asm_proxy_plugin_body_log_bodies_total"
+        assert host.metric(bodies, direction="request", result="too_large_to_redact") == 1
 
     def test_invalid_json_is_not_logged(self) -> None:
         """Declared JSON that does not parse might hide anything: not logged."""
@@ -422,6 +445,9 @@ class TestCost:
         (step,) = host.request_body(b"", end_of_stream=True)
         md = step.metadata["asm-proxy"]
         assert (md["request_body"], md["request_body_bytes"]) == ("x" * 100, 200_000)
+        bodies = "asm_proxy_plugin_body_log_bodies_total"
+        assert host.metric(bodies, direction="request", result="truncated") == 1
+        assert host.metric(bodies, result="logged") == 0
 
 
 class TestConfig:

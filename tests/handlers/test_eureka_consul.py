@@ -80,7 +80,7 @@ class TestEureka:
         host = PluginHost(EurekaPlugin, self.config)
         kind = "application/json" if body.startswith(b"{") else "application/xml"
         assert fetch(host, "/eureka/apps/", body, kind) == body
-        assert host.chain.entries[0].plugin.counts[reason] == 1
+        assert host.metric("asm_proxy_plugin_discovery_answers_total", outcome=reason) == 1
 
     @given(
         st.lists(st.sampled_from(["provider", "billing", "x-y"]), min_size=1, max_size=4),
@@ -186,4 +186,6 @@ class TestConsul:
         )
         host.new_exchange()
         assert fetch(host, "/v1/health/service/provider", b"{}", "application/json") == b"{}"
-        assert host.chain.entries[0].plugin.counts["unexpected_shape"] == 1
+        assert (
+            host.metric("asm_proxy_plugin_discovery_answers_total", outcome="unexpected_shape") == 1
+        )

@@ -18,6 +18,8 @@ from asm_proxy.testing import PluginHost
 from asm_proxy_handlers.reverse_dns import ReverseDnsPlugin
 from tests.support.dnsmasq import DnsMasq
 
+QUERIES = "asm_proxy_plugin_reverse_dns_lookups_total"
+
 PTR = {
     "10.0.0.222": "provider.shop.svc.cluster.local",
     "10.0.0.7": "10-0-0-7.orders.shop.svc.cluster.local",  # an endpoint record
@@ -132,7 +134,7 @@ class TestDns:
         host = PluginHost(ReverseDnsPlugin, config(dnsmasq))
         assert authority_after(host, "10.0.0.8:8080")[0] == "10.0.0.8:8080"
         assert authority_after(host, "10.0.0.9:8080")[0] == "10.0.0.9:8080"
-        assert plugin_of(host).counts["no_name"] == 2
+        assert host.metric("asm_proxy_plugin_reverse_dns_hosts_total", result="no_name") == 2
 
     def test_any_name(self, dnsmasq: DnsMasq) -> None:
         """...unless anyName is set (pod records of the cluster still are not services)."""
@@ -158,7 +160,7 @@ class TestDns:
         assert authority_after(dns_first, "10.0.0.99")[0] == "static-b.x.svc.cluster.local"
         static_first = PluginHost(ReverseDnsPlugin, config(dnsmasq, static=static))
         assert authority_after(static_first, "10.0.0.222")[0] == "static-a.shop.svc.cluster.local"
-        assert plugin_of(static_first).counts["dns_queries"] == 0
+        assert static_first.metric(QUERIES, answered_by="query") == 0
 
 
 class TestCache:
@@ -172,7 +174,7 @@ class TestCache:
         dnsmasq.sync()
         assert dnsmasq.queries("10.0.0.7") == before + 1
         plugin = plugin_of(host)
-        assert plugin.counts["cache_hit"] == 2
+        assert host.metric(QUERIES, answered_by="cache") == 2
         entry = next(iter(plugin.cache.values()))
         remaining = entry.expires - host.now()
         assert 19 < remaining <= 20
@@ -185,7 +187,7 @@ class TestCache:
         authority_after(host, "10.0.0.222")
         host.run(asyncio.sleep(0.08))
         authority_after(host, "10.0.0.222")
-        assert plugin_of(host).counts["dns_queries"] == 2
+        assert host.metric(QUERIES, answered_by="query") == 2
 
     def test_negative_answers_are_cached_briefly(self, dnsmasq: DnsMasq) -> None:
         """NXDOMAIN and non-service names are remembered for negativeTtl."""
@@ -207,7 +209,7 @@ class TestCache:
         plugin = plugin_of(host)
         assert [str(ip) for ip in plugin.cache] == ["10.0.0.222", "10.0.0.10"]
         authority_after(host, "10.0.0.7")
-        assert plugin.counts["dns_queries"] == 4
+        assert host.metric(QUERIES, answered_by="query") == 4
 
 
 class TestFailures:
@@ -249,8 +251,8 @@ class TestFailures:
         assert entry.error == "timeout"
         authority, step = authority_after(host, "10.0.1.7:80")
         assert (authority, step.immediate) == ("10.0.1.7:80", None)
-        assert plugin.counts["dns_queries"] == 1  # answered from the remembered failure
-        assert plugin.counts["cache_hit"] == 1
+        assert host.metric(QUERIES, answered_by="query") == 1  # from the remembered failure
+        assert host.metric(QUERIES, answered_by="cache") == 1
 
     def test_unreachable_server(self) -> None:
         """No DNS server listening: the lookup fails within the hook's time (the plugin
@@ -285,7 +287,7 @@ class TestConcurrency:
         assert [a for a, _ in results] == ["provider.shop.svc.cluster.local:8080"] * 8
         dnsmasq.sync()
         assert dnsmasq.queries("10.0.0.222") == before + 1
-        assert plugin_of(host).counts["coalesced"] == 7
+        assert host.metric(QUERIES, answered_by="coalesced") == 7
 
     def test_a_slow_lookup_blocks_no_other_request(self, dnsmasq: DnsMasq) -> None:
         """While one request waits for a slow lookup, others (static, cached, other IPs)

@@ -66,6 +66,11 @@ class Stack:
             time.sleep(0.05)
         raise AssertionError(f"access log has {len(lines)} lines, expected {count}")
 
+    def metric(self, name: str, **labels: str) -> float:
+        """A metric of this stack's plugins (and their hooks), summed over the series with
+        these labels."""
+        return self.server.metrics.value(name, labels)
+
     def plugin(self, name: str) -> Any:
         for entry in self.server.server.chain.entries:
             if entry.name == name:

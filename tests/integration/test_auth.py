@@ -248,7 +248,7 @@ def test_dry_run(stack: StackFactory, idp: JwksServer, tmp_path: Path) -> None:
             "reason": "missing_credentials",
             "status": 401,
         }
-        assert s.plugin("auth").counts["dry_run_would_deny"] == 1
+        assert s.metric("asm_proxy_plugin_auth_decisions_total", decision="dry_run_deny") == 1
 
 
 @pytest.mark.parametrize("path", ["ext_proc", "ext_authz"])

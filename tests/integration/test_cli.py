@@ -21,9 +21,12 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 def test_validate_good_and_bad(tmp_path: Path) -> None:
     """validate: exit 0 with a summary for a good file; exit 1 naming file, plugin, field."""
-    good = run("validate", "asm_proxy/demo/config.yaml")
-    assert good.returncode == 0
-    assert "ok, 2 plugin(s)" in good.stdout
+    demo = (ROOT / "asm_proxy/demo/config.yaml").read_text()
+    (tmp_path / "hmac-secret").write_text("x" * 64)
+    (tmp_path / "demo.yaml").write_text(demo.replace("@DIR@", str(tmp_path)))
+    good = run("validate", str(tmp_path / "demo.yaml"))
+    assert good.returncode == 0, good.stderr
+    assert "ok, 7 plugin(s)" in good.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("plugins:\n  - name: a\n    type: headers\n    config: {request: {sett: {}}}\n")
     result = run("validate", str(bad))

@@ -15,6 +15,8 @@ from tests.integration.conftest import Stack, StackFactory
 from tests.support.background import BackgroundLoop
 from tests.support.consul import ConsulServer, Registration, running_consul
 
+ANSWERS = "asm_proxy_plugin_discovery_answers_total"
+
 PROVIDER = "provider.shop.svc.cluster.local"
 CONFIG = """
 plugins:
@@ -66,7 +68,7 @@ def test_health_and_catalog_queries(
         (PROVIDER, 80)
     ] * 2
     assert entries[0]["Address"] == "10.0.0.1"  # a node address the client does not use stays
-    assert s.plugin("consul").counts["rewritten"] == 2
+    assert s.metric(ANSWERS, outcome="rewritten") == 2
 
     _, none = client.health.service("unknown")
     assert none == []
@@ -97,4 +99,4 @@ def test_blocking_query_returns_the_change_rewritten(
     ((new_index, nodes),) = got
     assert int(new_index) > int(index)
     assert [address(n) for n in nodes] == [(PROVIDER, 80)] * 3
-    assert s.plugin("consul").counts["rewritten"] == 2
+    assert s.metric(ANSWERS, outcome="rewritten") == 2

@@ -16,6 +16,8 @@ from asm_proxy.envoy_bootstrap import Route
 from tests.integration.conftest import Stack, StackFactory
 from tests.support.eureka import EurekaServer, instance, running_eureka
 
+ANSWERS = "asm_proxy_plugin_discovery_answers_total"
+
 PROVIDER = "provider.shop.svc.cluster.local"
 CHANGED = {"hostName", "ipAddr", "port", "homePageUrl", "statusPageUrl", "healthCheckUrl"}
 CONFIG = """
@@ -91,7 +93,7 @@ def test_py_eureka_client_sees_service_hosts(stack: StackFactory, eureka: Eureka
         check(inst)
     for inst in asyncio.run(eureka_basic.get_application(url, "PROVIDER")).instances:
         check(inst)
-    assert s.plugin("eureka").counts["rewritten"] == 3
+    assert s.metric(ANSWERS, outcome="rewritten") == 3
     assert "accept-encoding" not in eureka.requests[-1].headers
 
 
@@ -127,4 +129,4 @@ def test_other_answers_pass(stack: StackFactory, eureka: EurekaServer) -> None:
     """An unknown application (404) and non-registry paths reach the client as sent."""
     s = eureka_stack(stack, eureka)
     assert s.get("/eureka/apps/NOPE").status_code == 404
-    assert s.plugin("eureka").counts["status"] == 1
+    assert s.metric(ANSWERS, outcome="status") == 1

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -106,12 +106,13 @@ def envoy_for(
     name: str,
     *,
     without_client_cert: bool = False,
+    mode: Literal["central", "node"] = "central",
 ) -> EnvoyProcess:
     config = server.config_path
     boot = render_file(
         config,
         Options(
-            mode="central",
+            mode=mode,
             target="envoy",
             bootstrap=True,
             addresses=(server.address,),
@@ -126,6 +127,28 @@ def envoy_for(
         (cluster,) = [c for c in boot["static_resources"]["clusters"] if c["name"] == "asm_proxy"]
         del cluster["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"]
     return EnvoyProcess(boot, tmp_path, name=name)  # `with` starts it
+
+
+def test_node_mode_over_tcp_with_mtls(
+    server: ServerThread, upstream: Upstreams, tmp_path: Path, pki: Pki
+) -> None:
+    """Node mode for Envoys that cannot mount the node's socket directory: TCP to the
+    node-local Service, with mTLS, rendered by `render --mode node` from a config that
+    listens on TCP with `tls:`; the certificate proves the namespace as in central mode."""
+    client = pki.client("envoy-node")
+    with envoy_for(server, upstream, tmp_path, client, "shop", "n1", mode="node") as envoy:
+        (cluster,) = [
+            c for c in envoy.config["static_resources"]["clusters"] if c["name"] == "asm_proxy"
+        ]
+        assert cluster["transport_socket"]["name"] == "envoy.transport_sockets.tls"
+        reply = httpx.get(envoy.url + "/", timeout=10)
+        assert reply.status_code == 200
+        assert upstream["app"].requests[-1].header("x-tenant") == "shop"
+    with envoy_for(
+        server, upstream, tmp_path, client, "shop", "n2", mode="node", without_client_cert=True
+    ) as envoy:
+        assert httpx.get(envoy.url + "/", timeout=10).status_code == 500
+        assert _connect_failures(envoy) >= 1
 
 
 def test_a_proven_workload_gets_its_plugins(

@@ -15,6 +15,8 @@ from tests.integration.conftest import Stack, StackFactory
 from tests.support import http1
 from tests.support.nacos import Instance, NacosServer, running_nacos
 
+ANSWERS = "asm_proxy_plugin_discovery_answers_total"
+
 PROVIDER = "provider.shop.svc.cluster.local"
 CONFIG = """
 plugins:
@@ -129,7 +131,7 @@ def test_discovery_then_call_by_service_host(
     assert log[2]["md_nacos"]["result"] == "rewritten"
     assert log[2]["md_nacos"]["instances"] == 2
     assert log[3]["upstream_cluster"] == "b"
-    assert s.plugin("nacos").counts["rewritten"] == 1
+    assert s.metric(ANSWERS, outcome="rewritten") == 1
 
 
 @pytest.mark.parametrize(
@@ -181,7 +183,7 @@ def test_compressed_answer_passes_through(stack: StackFactory, nacos: NacosServe
     reply, info = query(s, V1)
     assert reply.headers["content-encoding"] == "gzip"
     assert [h["ip"] for h in info["hosts"]] == ["10.244.1.7"]
-    assert s.plugin("nacos").counts["encoded"] == 1
+    assert s.metric(ANSWERS, outcome="encoded") == 1
 
     s2 = nacos_stack(stack, nacos, strip=True)
     reply, info = query(s2, V1)
@@ -200,7 +202,7 @@ def test_bad_answers_pass_through(stack: StackFactory, nacos: NacosServer) -> No
     ]:
         resp = s.get(V1, headers={"host": "registry.local", **headers})
         assert resp.text == headers["x-echo-body"]
-        assert s.plugin("nacos").counts[outcome] >= 1
+        assert s.metric(ANSWERS, outcome=outcome) >= 1
     log = s.log_entries(3)
     assert [e["md_nacos"]["result"] for e in log] == ["not_json", "not_json", "status"]
     assert [e["code"] for e in log] == [200, 200, 503]
@@ -226,6 +228,6 @@ def test_answer_larger_than_envoys_buffer(
     if status == 200:
         assert len(reply.body) > 2_000_000
         assert reply.body == nacos.handle("GET", V1)[2]
-        assert s.plugin("nacos").counts["incomplete"] == 1
+        assert s.metric(ANSWERS, outcome="incomplete") == 1
     else:
         assert s.log_entries(1)[0]["details"] == "response_payload_too_large"

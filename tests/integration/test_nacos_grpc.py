@@ -198,10 +198,9 @@ def test_subscribe_query_and_push_carry_service_hosts(
         ),
         "the client's ack of the push",
     )
-    plugin = s.plugin("nacos-grpc")
-    assert plugin.counts["rewritten"] >= 3
-    assert plugin.counts["instances_rewritten"] >= 7
-    assert plugin.counts["malformed"] == 0
+    assert s.metric("asm_proxy_plugin_discovery_answers_total", outcome="rewritten") >= 3
+    assert s.metric("asm_proxy_plugin_discovery_instances_rewritten_total") >= 7
+    assert s.metric("asm_proxy_plugin_discovery_answers_total", outcome="malformed") == 0
     # The server saw the client's own requests, unchanged (the namespace it named).
     kinds = [k for _, k, _ in server.requests]
     assert "ConnectionSetupRequest" in kinds and "SubscribeServiceRequest" in kinds
@@ -293,9 +292,8 @@ def test_malformed_pushes_pass_byte_for_byte_and_a_java_client_without_tenant(
     requests.put(None)
     responses.cancel()
     channel.close()
-    counts = s.plugin("nacos-grpc").counts
-    assert counts["malformed"] == 2
-    assert counts["rewritten"] == 2
+    assert s.metric("asm_proxy_plugin_discovery_answers_total", outcome="malformed") == 2
+    assert s.metric("asm_proxy_plugin_discovery_answers_total", outcome="rewritten") == 2
 
 
 def test_a_large_push_split_across_chunks(

@@ -102,7 +102,8 @@ def serve(tmp_path: Path, upstreams: Upstreams, transport: str):
     log_path = tmp_path / "asm-proxy.log"
 
     def start(config: Path) -> tuple[EnvoyProcess, Path]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        # Text logs: the assertions below read messages as a person would.
+        env = dict(os.environ, PYTHONPATH=str(ROOT), ASM_PROXY_LOG_FORMAT="text")
         log = open(log_path, "w")  # noqa: SIM115
         logs.append(log)
         proc = subprocess.Popen(

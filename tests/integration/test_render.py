@@ -17,7 +17,7 @@ import yaml
 
 from asm_proxy.envoy_cluster import asm_proxy_cluster, grpc_service, layered_runtime
 from asm_proxy.envoy_process import EnvoyProcess, validate_config
-from asm_proxy.render import Options, render_file
+from asm_proxy.render import Options, RenderError, render_file
 from asm_proxy.render.placement import MODE_LABEL, ClientTls
 from tests.support.background import Upstreams
 from tests.support.certs import CertificateAuthority
@@ -262,3 +262,71 @@ def test_rendered_envoy_carries_traffic(mode: str, tmp_path: Path, upstream: Ups
         assert all(count > 0 for count in by_worker.values()), by_worker
     finally:
         supervisor.stop()
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+NAMESPACE_FILES = DEPLOY / "components" / "namespaces" / "namespaces"
+
+
+@pytest.mark.parametrize("overlay", ["node", "central", "central-mtls"])
+def test_deploy_configs_render_with_their_namespace_files(
+    overlay: str, tmp_path: Path, client_tls: ClientTls
+) -> None:
+    """The shared modes' configs as deploy/ ships them, with the namespace files beside
+    (`--namespace-dir`, as docs/DEPLOYMENT.md shows): what Envoy is told covers every
+    namespace's plugins, and the real Envoy loads it."""
+    config = DEPLOY / "overlays" / overlay / "config.yaml"
+    if overlay == "central-mtls":  # its certificate files, as the pod would have them
+        ca = CertificateAuthority(tmp_path / "ca")
+        served = ca.issue("serving", dns=["asm-proxy.asm-proxy.svc"], client=False)
+        text = config.read_text()
+        for name, path in (("tls.crt", served.cert), ("tls.key", served.key)):
+            text = text.replace(f"/etc/asm-proxy/tls/{name}", str(path))
+        config = tmp_path / "config.yaml"
+        config.write_text(text.replace("/etc/asm-proxy/tls/ca.crt", str(ca.cert_path)))
+    mode = "central" if overlay.startswith("central") else overlay
+    boot = render_file(
+        config,
+        Options(mode=mode, target="envoy", client_tls=client_tls, bootstrap=True),  # type: ignore[arg-type]
+        NAMESPACE_FILES,
+    )["envoy.yaml"]
+    validate_config(boot)
+    istio = render_file(config, Options(mode=mode, target="istio"), NAMESPACE_FILES)  # type: ignore[arg-type]
+    envoy_filter = istio["envoyfilter.yaml"]
+    check_istio_object(envoy_filter)
+    # One asm-proxy for every namespace: the EnvoyFilter sits in the root namespace.
+    assert envoy_filter["metadata"]["namespace"] == "istio-system"
+    filters = [
+        p["patch"]["value"]
+        for p in envoy_filter["spec"]["configPatches"]
+        if p["applyTo"] == "HTTP_FILTER"
+    ]
+    assert [f["name"] for f in filters] == ["envoy.filters.http.ext_proc"]
+
+
+def test_node_mode_over_tcp_needs_tls_and_renders_it(tmp_path: Path, client_tls: ClientTls) -> None:
+    """A node config listening on TCP: refused without `tls:` (nothing else would prove the
+    caller); with it, Envoy reaches the node-local Service with mTLS (EnvoyFilter's own
+    cluster, selected by the node label), and the real Envoy loads it."""
+    config = write_config(tmp_path, "0.0.0.0:18080")
+    with pytest.raises(RenderError, match="needs `tls:`"):
+        render_file(config, Options(mode="node", target="envoy"))
+    ca = CertificateAuthority(tmp_path / "ca")
+    served = ca.issue("serving", dns=["asm-proxy.asm-proxy.svc"], client=False)
+    text = config.read_text().replace(
+        "plugins:",
+        f"tls: {{certFile: {served.cert}, keyFile: {served.key}, clientCaFile: {ca.cert_path}}}"
+        "\nplugins:",
+    )
+    config.write_text(text)
+    objects = render_file(config, Options(mode="node", target="istio", client_tls=client_tls))
+    envoy_filter = objects["envoyfilter.yaml"]
+    check_istio_object(envoy_filter)
+    patches = envoy_filter["spec"]["configPatches"]
+    (cluster,) = [p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER"]
+    assert cluster["transport_socket"]["name"] == "envoy.transport_sockets.tls"
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"]["address"] == "asm-proxy.asm-proxy.svc.cluster.local"
+    assert envoy_filter["spec"]["workloadSelector"]["labels"][MODE_LABEL] == "node"
+    filters = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
+    validate_snippets(filters=filters, clusters=[cluster])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from asm_proxy.loader import load
+from asm_proxy.metrics import Registry
 from asm_proxy.server import Server
 from asm_proxy.upstream import EchoUpstream
 
@@ -47,8 +48,13 @@ class ServerThread:
         self.config_path = Path(config_path)
         self._bg = BackgroundLoop("asm-proxy-server")
         loaded = load(self.config_path)
+        #: This server's plugin and hook metrics, apart from other tests' servers.
+        self.metrics = Registry()
         self.server = Server(
-            loaded, config_path=self.config_path if watch else None, transport=transport
+            loaded,
+            config_path=self.config_path if watch else None,
+            transport=transport,
+            registry=self.metrics,
         )
         self._bg.call(self.server.start(listen))
 

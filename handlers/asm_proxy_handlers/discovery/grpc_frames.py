@@ -9,7 +9,7 @@ big-endian length) and that many bytes; Envoy hands them over in chunks cut anyw
 - a message the handler wants (or cannot judge from its start) is held until complete, then
   sent as the handler rewrote it (with a new prefix) or as it came;
 - compressed messages, messages over `limit` bytes and a prefix that is not gRPC's pass
-  unchanged, counted in `counts`.
+  unchanged, counted in `counts` (and told to `report`, to count over many streams).
 
 Memory per stream is one message at most (bounded by `limit`), however long the stream
 lives; the stream itself is never joined.
@@ -18,6 +18,7 @@ lives; the stream itself is never joined.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Protocol
 
 PREFIX = 5
@@ -49,10 +50,11 @@ class MessageStream:
         "_state",
         "counts",
         "limit",
+        "report",
     )
 
     def __init__(
-        self, handler: MessageHandler, limit: int, counts: Counter[str] | None = None
+        self, handler: MessageHandler, limit: int, report: Callable[[str], None] | None = None
     ) -> None:
         self._handler = handler
         self.limit = limit
@@ -63,8 +65,9 @@ class MessageStream:
         self._remaining = 0  # bytes of the current message still to come
         self._decided = False
         #: messages seen, and those passed without a look: compressed, too_large, not_grpc
-        #: (a Counter of the caller's, to count over many streams).
-        self.counts: Counter[str] = counts if counts is not None else Counter()
+        #: (this stream's; `report` hears of each too).
+        self.counts: Counter[str] = Counter()
+        self.report = report
 
     @property
     def pending(self) -> int:
@@ -119,20 +122,25 @@ class MessageStream:
 
     # -- steps ---------------------------------------------------------------------------
 
+    def _count(self, what: str) -> None:
+        self.counts[what] += 1
+        if self.report is not None:
+            self.report(what)
+
     def _start(self, out: list[bytes]) -> None:
         prefix = self._prefix
         self._prefix = b""
         flag = prefix[0]
         length = int.from_bytes(prefix[1:5], "big")
-        self.counts["messages"] += 1
+        self._count("messages")
         if flag > 1:
             # Not a gRPC message prefix: nothing after it can be trusted to be one either.
-            self.counts["not_grpc"] += 1
+            self._count("not_grpc")
             out.append(prefix)
             self._state = _OPAQUE
             return
         if flag == 1 or length > self.limit:
-            self.counts["compressed" if flag == 1 else "too_large"] += 1
+            self._count("compressed" if flag == 1 else "too_large")
             out.append(prefix)
             self._remaining = length
             self._state = _PASS if length else _HEADER

@@ -1,14 +1,21 @@
-"""What became of each registry answer: counted on the plugin, logged now and then.
+"""What became of each registry answer: counted in the plugin's metrics, logged now and then.
 
-Plugin-declared metrics do not exist yet; `counts` is a plain Counter on the plugin so the
-figures can move to them later without changing what is counted.
+Every registry plugin declares the same two metrics, so one dashboard panel covers them
+all (`type` tells them apart):
+
+    asm_proxy_plugin_discovery_answers_total{plugin, type, outcome}
+        answers (HTTP bodies, gRPC messages) by outcome: `rewritten`, or why they went on
+        unchanged (`unchanged`, `no_instances`, `incomplete`, `malformed`, ...)
+    asm_proxy_plugin_discovery_instances_rewritten_total{plugin, type}
+        instance addresses rewritten to service host names
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+
+from asm_proxy.api import CounterChild, Plugin
 
 #: Outcomes that are normal traffic, logged at INFO rather than WARNING.
 QUIET = frozenset({"status", "no_instances", "unchanged"})
@@ -17,24 +24,40 @@ LOG_EVERY = 10.0
 
 
 class Outcomes:
-    """Counts by outcome (`rewritten`, `instances_rewritten`, one per reason an answer
-    passed unchanged) and a log line per reason at most every LOG_EVERY seconds."""
+    """Counts by outcome and a log line per reason at most every LOG_EVERY seconds."""
 
-    __slots__ = ("_last", "counts", "registry")
+    __slots__ = ("_by_outcome", "_last", "_rewritten", "answers", "instances", "registry")
 
-    def __init__(self, registry: str) -> None:
+    def __init__(self, plugin: Plugin, registry: str) -> None:
         self.registry = registry
-        self.counts: Counter[str] = Counter()
+        self.answers = plugin.counter(
+            "discovery_answers_total",
+            "Registry answers (HTTP bodies, gRPC messages) by outcome: rewritten, or why "
+            "they went on unchanged",
+            labels=["outcome"],
+        )
+        self.instances = plugin.counter(
+            "discovery_instances_rewritten_total",
+            "Instance addresses in registry answers rewritten to service host names",
+        )
+        self._rewritten = self.answers.labels("rewritten")
+        self._by_outcome: dict[str, CounterChild] = {}
         self._last: dict[str, float] = {}
 
+    def count(self, outcome: str) -> None:
+        """An answer went on with this outcome (and nothing to say about it)."""
+        child = self._by_outcome.get(outcome)
+        if child is None:
+            child = self._by_outcome[outcome] = self.answers.labels(outcome)
+        child.inc()
+
     def rewritten(self, instances: int) -> None:
-        self.counts["rewritten"] += 1
-        self.counts["instances_rewritten"] += instances
+        self._rewritten.inc()
+        self.instances.inc(instances)
 
     def passed(self, log: logging.Logger, reason: str, detail: str) -> None:
         """An answer went on unchanged: count it; say why (rate-limited per reason)."""
-        counts = self.counts
-        counts[reason] += 1
+        self.count(reason)
         now = time.monotonic()
         if now - self._last.get(reason, -1e9) < LOG_EVERY:
             return
@@ -46,5 +69,5 @@ class Outcomes:
             self.registry,
             reason,
             detail,
-            counts[reason],
+            self._by_outcome[reason].value,
         )

@@ -252,9 +252,9 @@ def test_dry_run_lets_everything_through_but_counts(idp: JwksServer, hosts: Host
     host.new_exchange()
     step = allowed(host.request_headers(bearer(rsa_key("k1").sign(claims()))))
     assert step.headers["x-user"] == "alice"
-    counts = plugin_of(host).counts
-    assert counts["dry_run_would_deny"] == 1
-    assert counts["status_200"] == 1
+    decisions = "asm_proxy_plugin_auth_decisions_total"
+    assert host.metric(decisions, decision="dry_run_deny") == 1
+    assert host.metric(decisions, decision="allow", status="200") == 1
 
 
 def test_whole_payload_in_metadata(idp: JwksServer, hosts: Hosts) -> None:
