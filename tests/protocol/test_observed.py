@@ -124,9 +124,11 @@ def test_each_way_an_ext_proc_stream_ends(server: ServerThread) -> None:
         call.cancel()
         pending.put(None)
         # Reset while a message is being answered: cancelled (its answer is lost).
+        seen = message_kinds["request_headers"]
         pending, requests = held_open(messages.request_headers({":path": "/slow"}, False))
         call = process(requests)
-        time.sleep(0.1)  # the hook is running
+        # Counted as it arrives, then straight into the hook (400 ms).
+        eventually(lambda: message_kinds["request_headers"] > seen, "the slow message")
         call.cancel()
         pending.put(None)
 
