@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from google.protobuf import struct_pb2
 
-from asm_proxy import codec, faults, observe
+from asm_proxy import codec, observe
+from asm_proxy.caller import Caller
 from asm_proxy.chain import run_hooks
 from asm_proxy.envoy_headers import decode_header_map, encode_value
 from asm_proxy.events import REQUEST_BODY, REQUEST_HEADERS
@@ -147,7 +149,9 @@ def exchange_of_check(request: auth.CheckRequest, proven: Workload | None = None
     return x
 
 
-def _metadata_struct(x: Exchange, namespace: str) -> struct_pb2.Struct | None:
+def flat_metadata(x: Exchange, namespace: str) -> dict[str, Any] | None:
+    """The plugins' dynamic metadata as Envoy files it for ext_authz: the server's own
+    namespace at the top, any other namespace as a key."""
     out = x.take_metadata()
     if not out:
         return None
@@ -157,7 +161,17 @@ def _metadata_struct(x: Exchange, namespace: str) -> struct_pb2.Struct | None:
             flat.update(values)
         else:
             flat.setdefault(ns, {}).update(values)
-    return codec.dict_to_struct(flat)
+    return flat
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the AUTHN and AUTHZ plugins decided, before any wire format: `respond` None is
+    allowed (with the header changes recorded on `exchange`), else denied with it."""
+
+    respond: Respond | None
+    exchange: Exchange | None
+    metadata: dict[str, Any] | None
 
 
 def _joined_header_ops(respond: Respond) -> dict[str, list[HeaderOp]]:
@@ -207,59 +221,79 @@ def allowed(x: Exchange, metadata: struct_pb2.Struct | None) -> auth.CheckRespon
     return reply
 
 
-class AuthorizationServicer:
-    def __init__(self, state: ServerState) -> None:
-        self._state = state
+ExchangeFactory = Callable[[Workload | None], Exchange]
 
-    async def Check(
-        self, request: auth.CheckRequest, context: grpc.aio.ServicerContext
-    ) -> auth.CheckResponse:
-        state = self._state
-        chain = state.chain
-        settings = state.settings
-        chain.acquire()
-        counters.authz_checks += 1
-        watching = observe.stream_started(EXT_AUTHZ) if observe.stream_observers else None
-        x: Exchange | None = None
-        end = StreamEnd.CANCELLED  # unless it gets further
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + settings.deadline
-            proven = proven_peer(context, settings) if settings.proves_peers else None
-            conflict = identity_mismatch(workload_of_check(request), proven)
-            if conflict is not None:
-                log.warning("Check refused: %s", conflict)
-                counters.identity_refusals += 1
-                refusal = Respond(403, body="workload identity mismatch\n")
-                end = StreamEnd.DENIED
-                return denied(refusal, None)
-            x = exchange_of_check(request, proven)
-            bind_exchange(x)
-            plan = chain.select(x, authz_only=True)
-            outcome: Respond | None = None
-            hooks = plan.hooks[REQUEST_HEADERS]
-            if hooks:
-                outcome = await run_hooks(hooks, x, (), deadline)
-            hooks = plan.hooks[REQUEST_BODY]
-            if outcome is None and x.request.buffer().size and hooks:
-                outcome = await run_hooks(hooks, x, (), deadline)
-            x.undo.commit()
-            metadata = _metadata_struct(x, settings.metadata_namespace)
-            if outcome is not None:
-                counters.authz_denied += 1
-                x.immediate_status = outcome.status
-                end = StreamEnd.DENIED
-                return denied(outcome, metadata)
+_IDENTITY_MISMATCH = Respond(403, body="workload identity mismatch\n")
+
+
+async def judge(
+    state: ServerState,
+    configured: Workload | None,
+    exchange_for: ExchangeFactory,
+    caller: Caller,
+) -> Decision:
+    """Run the AUTHN and AUTHZ plugins on one check, whatever it came over: `configured`
+    is the workload Envoy's config names (context extensions; None over HTTP),
+    `exchange_for(proven)` makes the exchange once the caller's proven identity is known.
+    A denial is a decision, not an error; raises only on asm-proxy's own failures."""
+    chain = state.chain
+    settings = state.settings
+    chain.acquire()
+    counters.authz_checks += 1
+    # The stream seam (metrics, traces): told here, where every transport's check passes.
+    watching = observe.stream_started(EXT_AUTHZ) if observe.stream_observers else None
+    x: Exchange | None = None
+    end = StreamEnd.CANCELLED  # unless it gets further
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.deadline
+        proven = proven_peer(caller, settings) if settings.proves_peers else None
+        conflict = identity_mismatch(configured, proven)
+        if conflict is not None:
+            log.warning("Check refused: %s", conflict)
+            counters.identity_refusals += 1
+            end = StreamEnd.DENIED
+            return Decision(_IDENTITY_MISMATCH, None, None)
+        x = exchange_for(proven)
+        bind_exchange(x)
+        plan = chain.select(x, authz_only=True)
+        outcome: Respond | None = None
+        hooks = plan.hooks[REQUEST_HEADERS]
+        if hooks:
+            outcome = await run_hooks(hooks, x, (), deadline)
+        hooks = plan.hooks[REQUEST_BODY]
+        if outcome is None and x.request.buffer().size and hooks:
+            outcome = await run_hooks(hooks, x, (), deadline)
+        x.undo.commit()
+        metadata = flat_metadata(x, settings.metadata_namespace)
+        if outcome is not None:
+            counters.authz_denied += 1
+            x.immediate_status = outcome.status
+            end = StreamEnd.DENIED
+        else:
             end = StreamEnd.ALLOWED
-            return allowed(x, metadata)
-        except Exception as exc:
-            end = StreamEnd.INTERNAL_ERROR
-            faults.internal_fault("ext_authz Check", exc)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "asm-proxy internal error during Check; see its log"
-            )
-            raise  # abort() raises; this line is never reached
-        finally:
-            chain.release()
-            if watching is not None:
-                observe.stream_ended(watching, EXT_AUTHZ, x, end)
+        return Decision(outcome, x, metadata)
+    except Exception:
+        end = StreamEnd.INTERNAL_ERROR  # the caller logs it and ends the check
+        raise
+    finally:
+        chain.release()
+        if watching is not None:
+            observe.stream_ended(watching, EXT_AUTHZ, x, end)
+
+
+async def decide(
+    state: ServerState, request: auth.CheckRequest, caller: Caller
+) -> auth.CheckResponse:
+    """A gRPC Check: the plugins' decision as the CheckResponse Envoy gets."""
+    decision = await judge(
+        state,
+        workload_of_check(request),
+        lambda proven: exchange_of_check(request, proven),
+        caller,
+    )
+    metadata = codec.dict_to_struct(decision.metadata) if decision.metadata else None
+    if decision.respond is not None:
+        return denied(decision.respond, metadata)
+    assert decision.exchange is not None
+    return allowed(decision.exchange, metadata)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from asm_proxy.config import ConfigError, read_config_text
+from asm_proxy.transport import NAMES
 
 
 def _setup_logging(level: str = "info") -> None:
@@ -43,11 +44,17 @@ def _validate(paths: list[str], namespace: str | None, root: str, directory: str
     return status
 
 
-def _serve(config: str, listen: str | None, workers: int | None, admin: str | None) -> int:
+def _serve(
+    config: str,
+    listen: str | None,
+    workers: int | None,
+    admin: str | None,
+    transport: str | None,
+) -> int:
     from asm_proxy.supervisor import supervise
 
     try:
-        asyncio.run(supervise(config, listen, workers, admin))
+        asyncio.run(supervise(config, listen, workers, admin, transport))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -182,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--config", "-c", required=True, help="the YAML config file")
     p_serve.add_argument("--listen", help="HOST:PORT or unix:/path (overrides the file)")
     p_serve.add_argument(
+        "--transport",
+        choices=("auto", *NAMES),
+        help="how calls are served: nghttp2, grpcio (grpc.aio) or auto (overrides the file)",
+    )
+    p_serve.add_argument(
         "--workers",
         type=_positive,
         help="worker processes (overrides the file; default: one per core). With a Unix "
@@ -283,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         return _health(args.address, args.service, args.timeout)
     _setup_logging()
     if args.command == "serve":
-        return _serve(args.config, args.listen, args.workers, args.admin)
+        return _serve(args.config, args.listen, args.workers, args.admin, args.transport)
     if args.command == "demo":
         try:
             from asm_proxy.demo import run_demo

@@ -330,6 +330,11 @@ class ServerSettings(Model):
     """Settings of the server itself (everything in the file but `plugins`)."""
 
     listen: str = "127.0.0.1:18080"
+    #: How Envoy's calls are served (asm_proxy/transport/): `nghttp2` (asm-proxy's own,
+    #: over libnghttp2: the cheaper, docs/PERFORMANCE.md), `grpcio` (grpc.aio), or `auto`:
+    #: nghttp2 where its C extension is built, else grpcio (with a warning). `serve
+    #: --transport` overrides it.
+    transport: Literal["auto", "grpcio", "nghttp2"] = "auto"
     #: Every message is answered within this, whatever plugins do. Keep it below the
     #: ext_proc filter's message_timeout (Envoy's default is 200ms).
     deadline: Duration = 0.18
@@ -341,6 +346,12 @@ class ServerSettings(Model):
     reload_interval: Duration = 1.0
     #: Largest gRPC message accepted or sent (a BUFFERED body travels in one message).
     max_message_bytes: int = 64 * 1024 * 1024
+    #: Where Envoy's ext_authz `http_service` (its `path_prefix`) sends checks over plain
+    #: HTTP/1.1, on the same address as gRPC (nghttp2 transport only).
+    http_authz_prefix: str = "/ext_authz"
+    #: Streams one client connection may have open at once (HTTP/2 SETTINGS); Envoy opens
+    #: another connection beyond it, or is refused (REFUSED_STREAM) if it does not.
+    max_concurrent_streams: int = 1000
     log_level: str = "info"
     #: `json`: one JSON object a line (asm_proxy.logs describes the fields); `text`: for a
     #: person; `auto`: text on a terminal, JSON otherwise.

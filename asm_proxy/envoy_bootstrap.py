@@ -24,6 +24,8 @@ from asm_proxy.envoy_cluster import (
 
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+#: asm-proxy's endpoints over HTTP/1.1, for ext_authz's http_service.
+ASM_PROXY_HTTP_CLUSTER = "asm_proxy_http"
 
 
 #: The JSON access log line the demo and tests use (metadata under the server's namespace).
@@ -100,15 +102,40 @@ class ExtAuthz:
     timeout: str = "0.25s"
     context_extensions: dict[str, str] = field(default_factory=dict)
     retries: bool = True
+    #: Ask over plain HTTP (Envoy's http_service) with this path prefix instead of gRPC
+    #: (asm-proxy's `httpAuthzPrefix`; the nghttp2 transport serves it on the same address).
+    http_prefix: str | None = None
+    #: Over HTTP: the response headers Envoy copies to the upstream request (exact names).
+    upstream_headers: tuple[str, ...] = ("x-user", "x-groups", "x-tenant", "x-consumer")
 
     def filter(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            "grpc_service": grpc_service(timeout=self.timeout, retries=self.retries),
             "transport_api_version": "V3",
             "failure_mode_allow": self.failure_mode_allow,
-            "encode_raw_headers": True,
         }
+        if self.http_prefix is None:
+            config["grpc_service"] = grpc_service(timeout=self.timeout, retries=self.retries)
+            config["encode_raw_headers"] = True
+        else:
+            config["http_service"] = {
+                "server_uri": {
+                    "uri": "http://asm-proxy",
+                    "cluster": ASM_PROXY_HTTP_CLUSTER,
+                    "timeout": self.timeout,
+                },
+                "path_prefix": self.http_prefix,
+                "authorization_request": {
+                    # Every request header, as the gRPC path gets them.
+                    "allowed_headers": {"patterns": [{"safe_regex": {"regex": ".*"}}]},
+                },
+                "authorization_response": {
+                    "allowed_upstream_headers": {
+                        "patterns": [{"exact": name} for name in self.upstream_headers]
+                    },
+                    "dynamic_metadata_from_headers": {"patterns": [{"prefix": "x-asm-proxy-md-"}]},
+                },
+            }
         if self.with_request_body:
             config["with_request_body"] = {
                 "max_request_bytes": 65536,
@@ -159,6 +186,22 @@ class Setup:
     #: connection per client connection (a Nacos 2 server ties a client's calls and pushes
     #: to its connection, so clients must not share one).
     grpc_clusters: tuple[str, ...] = ()
+
+
+def http_authz_cluster(targets: list[str]) -> dict[str, Any]:
+    """asm-proxy's endpoints over HTTP/1.1 (ext_authz's http_service): outlier detection as
+    on the gRPC cluster (a refused connection ejects), no gRPC health check (it needs
+    HTTP/2; the gRPC cluster's checks watch the same workers)."""
+    cluster = asm_proxy_cluster(
+        targets,
+        name=ASM_PROXY_HTTP_CLUSTER,
+        health_checks=False,
+        max_requests_per_connection=None,
+    )
+    options = cluster["typed_extension_protocol_options"]
+    for value in options.values():
+        value["explicit_http_config"] = {"http_protocol_options": {}}
+    return cluster
 
 
 def _upstream_cluster(name: str, port: int, grpc: bool = False) -> dict[str, Any]:
@@ -260,6 +303,8 @@ def bootstrap(setup: Setup) -> dict[str, Any]:
             ),
         )
     ]
+    if setup.ext_authz is not None and setup.ext_authz.http_prefix is not None:
+        clusters.append(http_authz_cluster(targets))
     clusters += [
         _upstream_cluster(name, port, grpc=name in setup.grpc_clusters)
         for name, port in setup.clusters.items()

@@ -17,8 +17,9 @@ and, when there is one, `data` (the event's fields: a decision's result, reason,
 `error` ({"type", "message", "stack"} of an exception logged with it). The text format
 prints the same: `time level logger[worker N]: message (plugin=... request_id=...)`.
 
-The exchange a line belongs to comes from a context variable the servicers set when an
-exchange starts (`bind_exchange`); its headers are read only when a line is written, so an
+The exchange a line belongs to comes from a context variable set when an exchange starts
+(`bind_exchange`: stream.py for ext_proc, authz.judge for a check, whatever the transport;
+each call runs in its own task); its headers are read only when a line is written, so an
 exchange that logs nothing pays one `ContextVar.set`.
 
 Secrets: nothing in asm-proxy logs a credential, and the formatters also blank what looks

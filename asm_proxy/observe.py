@@ -1,9 +1,9 @@
-"""The observer seams: metrics and tracing attach here, not in the hook loop or the servicers.
+"""The observer seams: metrics and tracing attach here, not in the hook loop or the transports.
 
 A hook observer is told before each hook runs and after it ends (with its outcome and how
 long it took), like pluggy's hook-call monitoring. A stream observer is told when an
 ext_proc stream or an ext_authz Check begins and ends. With no observer registered the
-loop pays one truth test per hook and the servicer one per stream; observers are
+loop pays one truth test per hook and services.py one per stream; observers are
 process-wide, so they outlive a chain swapped by a reload.
 """
 
@@ -66,7 +66,7 @@ def remove_observer(observer: HookObserver) -> None:
 
 
 # -- the stream seam: one call when an ext_proc stream or ext_authz Check begins, one when
-# it ends, from the servicer (transport-neutral: nothing of gRPC crosses it) ---------------
+# it ends, from services.py and authz.judge, which every transport calls into -------------
 
 
 class StreamEnd(enum.Enum):
@@ -98,7 +98,7 @@ class StreamObserver(Protocol):
     ) -> None: ...
 
 
-#: The registered stream observers; servicers test this list before calling in.
+#: The registered stream observers; services.py and authz.judge test it before calling in.
 stream_observers: list[StreamObserver] = []
 
 EXT_PROC = "ext_proc"
@@ -118,7 +118,7 @@ def remove_stream_observer(observer: StreamObserver) -> None:
 
 
 class Watching:
-    """What `stream_started` hands the servicer: the start time and each observer's token."""
+    """What `stream_started` hands its caller: the start time and each observer's token."""
 
     __slots__ = ("start", "tokens")
 

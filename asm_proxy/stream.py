@@ -4,7 +4,7 @@ Dispatch is a table on the `request` oneof, built from `Event`. Each message get
 one response of the matching kind (none in observability mode; in FULL_DUPLEX_STREAMED body
 chunks may be held and answered later, as that mode allows). A message that is unknown or
 out of order is a `ProtocolError`: the transport ends the stream with a gRPC status naming
-the problem.
+the problem (`status.Code`: no gRPC library is involved here).
 
 The stream checks the order of messages per side (`Direction`), runs the headers and
 trailers hooks itself, and hands bodies to the strategy for the mode Envoy is in
@@ -18,8 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import grpc
-
 from asm_proxy import bodies, codec, modes, replies
 from asm_proxy.chain import Chain, Plan, run_hooks
 from asm_proxy.direction import BodyMode, Direction, Stage
@@ -30,6 +28,7 @@ from asm_proxy.logs import bind_exchange
 from asm_proxy.plugin import Respond
 from asm_proxy.replies import CONTINUE, ModeKey, Reply
 from asm_proxy.stats import counters, message_kinds
+from asm_proxy.status import Code
 from asm_proxy.wire import ProcessingRequest, ProcessingResponse, ext_proc
 
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ _NOTHING, _HEADERS, _BODY, _TRAILERS = Stage.NOTHING, Stage.HEADERS, Stage.BODY,
 class ProtocolError(Exception):
     """Envoy (or a client pretending to be it) broke the protocol; ends the stream."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -115,7 +114,7 @@ class Stream:
         entry = _DISPATCH.get(kind) if kind is not None else None
         if entry is None:
             raise ProtocolError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+                Code.INVALID_ARGUMENT,
                 "ProcessingRequest has no known message set (expected one of "
                 f"{', '.join(BY_MESSAGE)})",
             )
@@ -258,7 +257,7 @@ class Stream:
         if d.stage == _TRAILERS or d.eos:
             why = "trailers" if d.stage == _TRAILERS else "end_of_stream"
             raise ProtocolError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                Code.FAILED_PRECONDITION,
                 f"{event.key} received after the {d.side} {why} on this stream",
             )
         d.stage = _BODY
@@ -283,12 +282,12 @@ class Stream:
         d = x.request if event.is_request else x.response
         if d.stage == _TRAILERS:
             raise ProtocolError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                Code.FAILED_PRECONDITION,
                 f"{event.key} received twice on this stream",
             )
         if d.eos:
             raise ProtocolError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                Code.FAILED_PRECONDITION,
                 f"{event.key} received after the {d.side} end_of_stream on this stream",
             )
         d.stage = _TRAILERS
@@ -316,7 +315,7 @@ def _advance(d: Direction, stage: Stage, event: Event) -> None:
     """Headers come first on a side, once."""
     if d.stage != _NOTHING:
         raise ProtocolError(
-            grpc.StatusCode.FAILED_PRECONDITION,
+            Code.FAILED_PRECONDITION,
             f"{event.key} received after {d.side} {d.stage.name.lower()} on this stream",
         )
     d.stage = stage

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asm_proxy import __version__, logs, unix_sockets
+from asm_proxy import __version__, listeners, logs, unix_sockets
 from asm_proxy.admin import AdminServer
 from asm_proxy.config import (
     AdminSettings,
@@ -58,6 +58,7 @@ from asm_proxy.metrics.exposition import Merged, Totals
 from asm_proxy.namespaces import NamespaceFiles, compose
 from asm_proxy.reload import SETTLE, ConfigWatcher
 from asm_proxy.stats import counters
+from asm_proxy.transport import resolve
 
 log = logging.getLogger("asm_proxy.supervisor")
 
@@ -246,10 +247,15 @@ class Supervisor:
         listen: str | None = None,
         workers: int | None = None,
         admin: str | None = None,
+        transport: str | None = None,
     ) -> None:
         self.config_path = Path(config_path)
         self._listen = listen
         self._workers = workers
+        #: Overrides the config's `transport` (`serve --transport`).
+        self.transport = transport
+        #: Listening sockets the workers inherit, one per worker index (nghttp2 transport).
+        self.sockets: list[listeners.Listening] = []
         self.settings = ServerSettings()
         self.workers: list[WorkerHandle] = []
         self.addresses: list[str] = []
@@ -331,6 +337,12 @@ class Supervisor:
                 path = unix_sockets.check(address)
                 if path.exists() and unix_sockets.in_use(path):
                     raise OSError(f"cannot listen on {address}: another server is serving on it")
+        if self._holds_sockets(listen, count):
+            try:
+                self._listen_for_workers()
+            except OSError:
+                self._release()
+                raise
         results = await asyncio.gather(
             *(self._spawn(i) for i in range(count)), return_exceptions=True
         )
@@ -368,9 +380,32 @@ class Supervisor:
             ", ".join(names) or "none",
         )
 
+    def _holds_sockets(self, listen: str, count: int) -> bool:
+        """Whether the supervisor makes the listening sockets (listeners.py): only a
+        transport that accepts on an inherited socket can use them (nghttp2), and on Unix
+        sockets only with one worker. With several, a dead worker's path refusing connects
+        is better: Envoy retries the stream on another worker at once and ejects the path
+        (envoy_cluster.py), where a held socket queues it until the replacement serves
+        (~0.5 s; measured in docs/RELIABILITY.md). With one there is nowhere else to go, and
+        the queue turns a restart's failures into waits. TCP: the workers' SO_REUSEPORT
+        sockets, held, keep the connections queued on a dead worker's socket."""
+        if resolve(self.transport or self.settings.transport) != "nghttp2":
+            return False
+        return count == 1 or not listen.startswith("unix:")
+
+    def _listen_for_workers(self) -> None:
+        """The supervisor's own listening sockets (see asm_proxy/listeners.py)."""
+        for address in self.addresses:
+            if address.startswith("unix:"):
+                made = listeners.unix_listener(address, self.settings.socket_mode)
+            else:
+                made = listeners.tcp_listener(address)
+            self.sockets.append(made)
+
     async def _spawn(self, index: int, *, take_over: bool = False) -> WorkerHandle:
         """Start worker `index` and wait until it serves. `take_over`: its Unix socket path
-        may be held by a live worker (one being recycled): replace it there."""
+        may be held by a live worker (one being recycled): replace it there (not with a
+        socket the supervisor holds: the replacement accepts on that same socket)."""
         address = self.addresses[index]
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
@@ -388,13 +423,19 @@ class Supervisor:
         ]
         if not address.startswith("unix:"):
             argv.append("--reuse-port")
+        if self.transport is not None:
+            argv += ["--transport", self.transport]
+        fds = [theirs.fileno()]
+        if self.sockets:
+            fds.append(self.sockets[index].fileno())
+            argv += ["--listen-fd", str(fds[-1])]
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
                 _WORKER_BOOT,
                 *argv,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=fds,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
                 env=env,
             )
@@ -760,7 +801,10 @@ class Supervisor:
         )
         for handle in self.workers:
             handle.tell({"op": "drain", "delay": delay, "grace": grace})
+        # Workers stop accepting after `delay`; so does the socket they shared with us.
+        closing = asyncio.get_running_loop().call_later(delay, listeners.close, self.sockets)
         await self._wait_all(delay + grace + 5.0)
+        closing.cancel()
         self._release()
         if self.admin is not None:
             await self.admin.stop()
@@ -803,6 +847,7 @@ class Supervisor:
             await handle.proc.wait()
 
     def _release(self) -> None:
+        listeners.close(self.sockets)
         if self._holder is not None:
             self._holder.close()
             self._holder = None
@@ -828,10 +873,13 @@ async def supervise(
     listen: str | None = None,
     workers: int | None = None,
     admin: str | None = None,
+    transport: str | None = None,
 ) -> None:
     """`asm-proxy serve`: run until SIGTERM/SIGINT (drain) or a second one (stop now);
     SIGHUP checks the config file at once."""
-    supervisor = Supervisor(config_path, listen=listen, workers=workers, admin=admin)
+    supervisor = Supervisor(
+        config_path, listen=listen, workers=workers, admin=admin, transport=transport
+    )
     supervisor.owns_logging = True
     await supervisor.start()
     settings = supervisor.settings

@@ -1,11 +1,12 @@
 """asm-proxy's own mTLS: the serving certificate, the client CA, rotation without a restart,
 and the workload identity a client certificate proves.
 
-grpc asks `CertificateFiles.fetch` at each new TLS handshake whether the configuration
-changed; the files are looked at (stat) at most once per `check_interval`, and a new set is
+A transport asks `CertificateFiles.fetch` at each new TLS handshake whether the files
+changed; they are looked at (stat) at most once per `check_interval`, and a new set is
 taken only once it loads whole (key matching certificate, CA parsing): cert-manager and
 Istio rewrite such files in place, and a half-written one must not replace a good one.
-Connections already open keep their session; streams on them are not dropped.
+Connections already open keep their session; streams on them are not dropped. What a
+transport makes of a `Certificates` (grpc's credentials, an `ssl.SSLContext`) is its own.
 
 The identity of a caller is the SPIFFE ID in its certificate's URI SAN
 (`spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`), or, when asm-proxy sits behind
@@ -20,20 +21,17 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import grpc
-
+from asm_proxy.caller import Caller
 from asm_proxy.config import ServerSettings, TlsSettings
 from asm_proxy.identity import Workload, from_spiffe
 from asm_proxy.reload import Fingerprint, fingerprint
 
 log = logging.getLogger("asm_proxy.tls")
 
-#: The auth context key grpc puts the peer certificate's subject alternative names under.
-_SAN_KEY = "x509_subject_alternative_name"
 XFCC_HEADER = "x-forwarded-client-cert"
 
 
@@ -60,6 +58,15 @@ def _check(cert: bytes, key: bytes, ca: bytes | None, names: tuple[str, str, str
             raise TlsError(f"{names[2]}: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class Certificates:
+    """One loaded set: PEM certificate chain and key, and the client CA (if any)."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None
+
+
 class CertificateFiles:
     """The serving certificate, its key and the client CA, followed as they change."""
 
@@ -78,7 +85,7 @@ class CertificateFiles:
         paths = [*self.paths, *([self.ca_path] if self.ca_path else [])]
         return tuple(fingerprint(p) for p in paths)
 
-    def _load(self) -> Any:
+    def _load(self) -> Certificates:
         seen = self._fingerprints()
         try:
             cert, key = (p.read_bytes() for p in self.paths)
@@ -88,10 +95,10 @@ class CertificateFiles:
         names = (str(self.paths[0]), str(self.paths[1]), str(self.ca_path))
         _check(cert, key, ca, names)
         self._seen = seen
-        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+        return Certificates(cert, key, ca)
 
-    def fetch(self) -> Any:
-        """grpc's question at a handshake: a new configuration, or None for "unchanged"."""
+    def fetch(self) -> Certificates | None:
+        """A transport's question at a handshake: a new set, or None for "unchanged"."""
         now = time.monotonic()
         if now < self._next_check:
             return None
@@ -112,13 +119,6 @@ class CertificateFiles:
             log.info("TLS certificate files reloaded (%s)", self.paths[0])
             return self.current
 
-    def credentials(self) -> grpc.ServerCredentials:
-        return grpc.dynamic_ssl_server_credentials(
-            self.current,
-            self.fetch,
-            require_client_authentication=self.settings.require_client_cert,
-        )
-
 
 def spiffe_ids(values: Iterable[bytes | str]) -> list[str]:
     out = []
@@ -129,23 +129,21 @@ def spiffe_ids(values: Iterable[bytes | str]) -> list[str]:
     return out
 
 
-def peer_of_auth_context(auth_context: Mapping[str, Iterable[bytes]]) -> Workload | None:
+def peer_of_certificate(sans: Iterable[bytes | str]) -> Workload | None:
     """The workload a verified client certificate names (its one SPIFFE URI SAN)."""
-    ids = spiffe_ids(auth_context.get(_SAN_KEY, ()))
+    ids = spiffe_ids(sans)
     return from_spiffe(ids[0]) if len(ids) == 1 else None
 
 
-def proven_peer(context: Any, settings: ServerSettings) -> Workload | None:
-    """The caller's identity as a call's transport proves it: its client certificate, or
-    the x-forwarded-client-cert of asm-proxy's own sidecar when that is trusted."""
+def proven_peer(caller: Caller, settings: ServerSettings) -> Workload | None:
+    """The caller's identity as its transport proves it: its client certificate, or the
+    x-forwarded-client-cert of asm-proxy's own sidecar when that is trusted."""
     if settings.tls is not None:
-        peer = peer_of_auth_context(context.auth_context())
+        peer = peer_of_certificate(caller.sans)
         if peer is not None:
             return peer
-    if settings.trust_forwarded_client_cert:
-        for key, value in context.invocation_metadata() or ():
-            if key == XFCC_HEADER:
-                return peer_of_xfcc(value)
+    if settings.trust_forwarded_client_cert and caller.xfcc is not None:
+        return peer_of_xfcc(caller.xfcc)
     return None
 
 

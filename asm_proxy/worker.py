@@ -1,10 +1,12 @@
 """One worker process: a `Server` driven by the supervisor over a socketpair.
 
 Started by the supervisor (supervisor._WORKER_BOOT) with `--supervisor-pid P --index I
---control-fd FD --listen ADDRESS [--reuse-port]`. The first message brings the config text
-(the supervisor's last good one, so a restart never reads a file that has gone bad since)
-and whether to take a Unix socket path over from a worker still serving on it (a restart or
-a recycle); then, one JSON object a line:
+--control-fd FD --listen ADDRESS [--reuse-port] [--transport NAME] [--listen-fd FD]` (a
+listening socket the supervisor owns, asm_proxy/listeners.py). The first message brings the
+config text (the supervisor's last good one, so a restart never reads a file that has gone
+bad since) and whether to take a Unix socket path over from a worker still serving on it (a
+restart or a recycle; not needed on a socket the supervisor owns); then, one JSON object a
+line:
 
     {"op": "reload", "config": TEXT, "id": n} -> {"id": n, "ok": bool}
     {"op": "stats", "id": n}                  -> {"id": n, "index", "pid", "address",
@@ -63,10 +65,20 @@ ORPHAN_DEADLINE = 0.9
 
 
 class Worker:
-    def __init__(self, index: int, listen: str, reuse_port: bool) -> None:
+    def __init__(
+        self,
+        index: int,
+        listen: str,
+        reuse_port: bool,
+        transport: str | None = None,
+        listen_fd: int | None = None,
+    ) -> None:
         self.index = index
         self.listen = listen
         self.reuse_port = reuse_port
+        self.transport = transport
+        #: A listening socket the supervisor made for `listen` (it outlives this worker).
+        self.listen_fd = listen_fd
         self.server: Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -99,8 +111,12 @@ class Worker:
                 reuse_port=self.reuse_port,
                 watch=False,
                 quiet=True,
+                transport=self.transport,
             )
-            await server.start(self.listen, take_over=bool(start.get("take_over")))
+            listening = None
+            if self.listen_fd is not None:
+                listening = socket.socket(fileno=self.listen_fd)
+            await server.start(self.listen, take_over=bool(start.get("take_over")), sock=listening)
         except ConfigError as exc:
             self._send({"op": "failed", "error": "; ".join(str(p) for p in exc.problems)})
             return 1
@@ -260,11 +276,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--listen", required=True)
     parser.add_argument("--reuse-port", action="store_true")
+    parser.add_argument("--transport")
+    parser.add_argument("--listen-fd", type=int)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The config's format and level apply once it has arrived.
     logs.setup("auto", "info", worker=args.index)
-    worker = Worker(args.index, args.listen, args.reuse_port)
+    worker = Worker(args.index, args.listen, args.reuse_port, args.transport, args.listen_fd)
     raise SystemExit(run_loop(worker.run(args.control_fd)))
 
 

@@ -32,14 +32,18 @@ from perf.scenarios import (
     chain_sweep,
     envoy_alone,
     main_scenarios,
+    on_transport,
     worker_sweep,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def plan(quick: bool, cores: int) -> list[Scenario]:
-    main = main_scenarios()
+def plan(quick: bool, cores: int, transports: list[str]) -> list[Scenario]:
+    """Envoy alone, the floor and every main scenario on each transport (side by side in
+    one run); the sweeps on the first transport only (they measure asm-proxy's framework)."""
+    main = [on_transport(s, t) for s in main_scenarios() for t in transports]
+    main = list({s.name: s for s in main}.values())
     if quick:
         sweeps = body_sweep([64 * KiB]) + chain_sweep([20]) + worker_sweep([1])
     else:
@@ -48,6 +52,7 @@ def plan(quick: bool, cores: int) -> list[Scenario]:
             + chain_sweep([1, 2, 5, 10, 20])
             + worker_sweep(list(range(1, cores + 1)))
         )
+    sweeps = [on_transport(s, transports[0]) for s in sweeps]
     # Envoy alone for every request shape a runnable scenario uses (the ratio's divisor).
     shapes = {POST_1K.name: POST_1K}
     for s in main + sweeps:
@@ -82,7 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, help="rounds, interleaved; medians kept (3; --quick: 1)"
     )
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--transport", choices=["unix", "tcp"], default="unix")
+    parser.add_argument(
+        "--socket", choices=["unix", "tcp"], default="unix", help="how Envoy reaches the server"
+    )
+    parser.add_argument(
+        "--transports",
+        nargs="+",
+        choices=["grpcio", "nghttp2"],
+        default=["nghttp2", "grpcio"],
+        help="asm-proxy's transports, side by side (the sweeps use the first)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -108,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup if args.warmup is not None else (0.0 if args.quick else 2.0),
         connections=args.connections,
         envoy_concurrency=args.envoy_concurrency,
-        transport=args.transport,
+        socket=args.socket,
         streams=args.streams or (50 if args.quick else 1000),
         load=load,
         workers=args.workers or None,
@@ -116,10 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat or (1 if args.quick else 3)
     out = args.out or (Path(tempfile.mkdtemp(prefix="asm-proxy-perf-")) if args.quick else RESULTS)
     info = machine()
-    scenarios = plan(args.quick, info["cores"])
+    scenarios = plan(args.quick, info["cores"], args.transports)
     if args.only:
         wanted = set(args.only)
-        scenarios = [s for s in scenarios if s.name in wanted or s.server == "envoy"]
+        kept = [s for s in scenarios if s.name in wanted or s.name.split("@")[0] in wanted]
+        shapes = {s.shape.name for s in kept}
+        scenarios = [
+            s for s in scenarios if s in kept or (s.server == "envoy" and s.shape.name in shapes)
+        ]
     started = time.monotonic()
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}
     with tempfile.TemporaryDirectory(prefix="asm-proxy-perf-work-") as tmp:

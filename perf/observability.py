@@ -10,6 +10,8 @@ real Envoy, with asm-proxy's server CPU per request measured in each variant:
                          sampling at 1 %), none is sampled
     traced-sampled       + the same with always_on: every exchange and hook exported
 
+on one transport (`--transport`: nghttp2, the server's default, or grpcio).
+
 The variants run interleaved, round after round (the machine is shared: one round's noise
 hits every variant alike), and the median of the rounds is kept. Spans go to an OTLP sink
 in this process (perf/otlp_sink.py). Results in perf/results/observability.json; the
@@ -38,7 +40,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 UNSAMPLED_PARENT = ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
 
 
-def variants(sink: OtlpSink) -> list[Scenario]:
+def variants(sink: OtlpSink, transport: str = "nghttp2") -> list[Scenario]:
     base = Scenario(
         "metrics",
         "1 plugin, headers, phases on demand; metrics on",
@@ -47,6 +49,7 @@ def variants(sink: OtlpSink) -> list[Scenario]:
         config=HEADERS_ONE,
         ext_proc=on_demand(),
         group="observability",
+        transport=transport,
     )
     traced_shape = Shape(
         "post-1k-traced",
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--transport", choices=["nghttp2", "grpcio"], default="nghttp2")
     args = parser.parse_args(argv)
     options = Options(
         seconds=args.seconds,
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {}
     started = time.monotonic()
     try:
-        scenarios = variants(sink)
+        scenarios = variants(sink, args.transport)
         with tempfile.TemporaryDirectory(prefix="asm-proxy-perf-obs-") as tmp:
             upstream = start_upstream(Path(tmp))
             try:
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "rounds": args.rounds,
         "seconds": args.seconds,
+        "transport": args.transport,
         "rows": rows,
         "percent": {
             "metrics vs metrics-off": delta("metrics", "metrics-off"),

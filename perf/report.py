@@ -106,6 +106,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "met": worst_rss <= 16 * KiB,
             }
         )
+    out += transport_targets(rows)
     workers = sorted((r for r in rows if r["group"] == "workers" and _ok(r)), key=lambda r: r["x"])
     if len(workers) >= 2:
         rates = [r["rps"] for r in workers]
@@ -114,6 +115,85 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "target": "5. requests/s grows with workers up to the core count",
                 "figure": ", ".join(f"{int(r['x'])}: {r['rps']:.0f}/s" for r in workers),
                 "met": all(b > a for a, b in itertools.pairwise(rates)),
+            }
+        )
+    return out
+
+
+def _named(by: dict[str, dict[str, Any]], base: str, transport: str) -> dict[str, Any] | None:
+    row = by.get(base if transport == "grpcio" else f"{base}@{transport}")
+    return row if _ok(row) else None
+
+
+def transport_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The transport issue's targets, for each transport measured, against the bare
+    grpc.aio floor and Envoy alone of the same run."""
+    by = _by_name(rows)
+    floor = by.get("floor")
+    if not _ok(floor):
+        return []
+    assert floor is not None
+    floor_cpu = floor["server_cpu_us"]
+    transports = sorted({r["transport"] for r in rows if r.get("transport")})
+    out: list[dict[str, Any]] = []
+    for t in transports:
+        on_demand = _named(by, "headers-on-demand", t)
+        if on_demand is not None and "ratio" in on_demand:
+            share = on_demand["server_cpu_us"] / floor_cpu
+            out.append(
+                {
+                    "target": f"T1 [{t}] phases on demand: server CPU <= 0.3x the floor's, "
+                    "ratio >= 0.35",
+                    "figure": f"{on_demand['server_cpu_us']} us = {share:.2f}x floor "
+                    f"({floor_cpu} us); ratio {on_demand['ratio']}",
+                    "met": share <= 0.3 and on_demand["ratio"] >= 0.35,
+                }
+            )
+        every = _named(by, "headers-every-phase", t)
+        if every is not None:
+            share = every["server_cpu_us"] / floor_cpu
+            out.append(
+                {
+                    "target": f"T2 [{t}] request and response headers: server CPU <= 0.4x the "
+                    "floor's",
+                    "figure": f"{every['server_cpu_us']} us = {share:.2f}x floor",
+                    "met": share <= 0.4,
+                }
+            )
+            if "rss_per_stream_bytes" in every:
+                out.append(
+                    {
+                        "target": f"T4 [{t}] memory per open stream <= 16 KiB",
+                        "figure": f"{every['rss_per_stream_bytes'] / KiB:.1f} KiB",
+                        "met": every["rss_per_stream_bytes"] <= 16 * KiB,
+                    }
+                )
+        for base, how in (("jwt-authz", "gRPC"), ("jwt-authz-http", "HTTP")):
+            jwt = by.get(base) if base.endswith("-http") and t == "nghttp2" else None
+            jwt = jwt or (_named(by, base, t) if not base.endswith("-http") else None)
+            if jwt is None or not _ok(jwt):
+                continue
+            share = jwt["server_cpu_us"] / floor_cpu
+            out.append(
+                {
+                    "target": f"T3 [{t}] ext_authz JWT over {how} (remembered): server CPU "
+                    "<= 0.3x the floor's",
+                    "figure": f"{jwt['server_cpu_us']} us = {share:.2f}x floor",
+                    "met": share <= 0.3,
+                }
+            )
+        mine = [r for r in rows if r.get("transport") == t and _ok(r) and r["group"] == "main"]
+        worse = []
+        for r in mine:
+            reference = _named(by, r["base"], "grpcio")
+            if reference is not None and r["p99_ms"] > reference["p99_ms"]:
+                worse.append(f"{r['base']} {r['p99_ms']} vs {reference['p99_ms']} ms")
+        errors = sum(r.get("errors", 0) for r in mine)
+        out.append(
+            {
+                "target": f"T5 [{t}] 0 errors; p99 not worse than grpc.aio's",
+                "figure": f"{errors} errors; p99 worse in: {', '.join(worse) or 'none'}",
+                "met": errors == 0 and not worse,
             }
         )
     return out
@@ -177,7 +257,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in result["rows"] if _ok(r)]
-    main = [r for r in rows if r["group"] == "main" and r["server"] != "envoy"]
+    main = [r for r in rows if r["group"] in ("main", "floors") and r["server"] != "envoy"]
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     ax = axes[0][0]
     names = [r["scenario"] for r in main]

@@ -37,7 +37,7 @@ class Options:
     connections: int = 16
     threads: int = 2
     envoy_concurrency: int = 2
-    transport: str = "unix"  # how Envoy reaches the ext_proc server: unix or tcp
+    socket: str = "unix"  # how Envoy reaches the ext_proc server: unix or tcp
     streams: int = 1000  # open streams for the RSS measurement
     load: str = "wrk"  # wrk or python
     #: asm-proxy workers for the scenarios that do not set their own (the workers sweep
@@ -79,10 +79,13 @@ class Server:
 
 
 class FloorServer(Server):
-    def __init__(self, listen: str, workdir: Path) -> None:
+    """A bare ext_proc server: grpc.aio's (perf.floor), or another engine's (perf.floors)."""
+
+    def __init__(self, listen: str, workdir: Path, engine: str = "") -> None:
         self._log = open(workdir / "floor.log", "w+")  # noqa: SIM115 - closed in stop()
+        module = ["perf.floors", engine] if engine else ["perf.floor"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "perf.floor", "--listen", listen],
+            [sys.executable, "-m", *module, "--listen", listen],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
@@ -114,9 +117,11 @@ class FloorServer(Server):
 class AsmProxyServer(Server):
     """asm-proxy's supervisor (in this process) and its worker processes."""
 
-    def __init__(self, config_path: Path, listen: str, workers: int | None) -> None:
+    def __init__(self, config_path: Path, listen: str, workers: int | None, transport: str) -> None:
         self._loop = LoopThread()
-        self.supervisor = Supervisor(config_path, listen=listen, workers=workers)
+        self.supervisor = Supervisor(
+            config_path, listen=listen, workers=workers, transport=transport
+        )
         try:
             self._loop.call(self.supervisor.start())
         except BaseException:
@@ -161,7 +166,7 @@ def plugin_missing(scenario: Scenario) -> str | None:
 
 
 def _listen(options: Options, workdir: Path, name: str) -> str:
-    if options.transport == "unix":
+    if options.socket == "unix":
         return f"unix:{workdir}/{name}.sock"
     return "127.0.0.1:0"
 
@@ -204,6 +209,8 @@ def measure(
         "x": scenario.x,
         "server": scenario.server,
         "shape": scenario.shape.name,
+        "transport": scenario.transport if scenario.server == "asm-proxy" else None,
+        "base": scenario.name.split("@")[0],
     }
     missing = plugin_missing(scenario)
     if missing:
@@ -216,7 +223,7 @@ def measure(
     envoy: EnvoyProcess | None = None
     try:
         if scenario.server == "floor":
-            server = FloorServer(_listen(options, workdir, "floor"), workdir)
+            server = FloorServer(_listen(options, workdir, "floor"), workdir, scenario.config)
         elif scenario.server == "asm-proxy":
             config = workdir / "asm-proxy.yaml"
             config.write_text(scenario.config)
@@ -226,6 +233,7 @@ def measure(
                         config,
                         _listen(options, workdir, "asm"),
                         scenario.workers or options.workers,
+                        scenario.transport,
                     )
             except ConfigError as exc:
                 if not scenario.needs:
@@ -253,7 +261,7 @@ def measure(
             server.endpoints if server is not None else None,
             scenario.ext_proc,
             scenario.ext_authz,
-            max_streams=1 if options.transport == "tcp" else None,
+            max_streams=1 if options.socket == "tcp" else None,
         )
         envoy = EnvoyProcess(
             envoy_config, workdir, name="proxy", concurrency=options.envoy_concurrency

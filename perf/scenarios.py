@@ -7,7 +7,7 @@ reported as skipped with the reason, never failed; the configs follow docs/plugi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -47,8 +47,25 @@ class Scenario:
     workers: int | None = None
     group: str = "main"  # main, body, chain, workers, observability
     x: float | None = None  # the sweep's variable
+    #: asm-proxy's transport (asm_proxy/transport/); scenarios of the other transports are
+    #: named NAME@TRANSPORT.
+    transport: str = "grpcio"
+    #: Only this transport can serve it (ext_authz over HTTP: nghttp2).
+    pinned: bool = False
     #: Environment of the asm-proxy processes (OTEL_* for the tracing scenarios).
     env: dict[str, str] = field(default_factory=dict)
+
+
+def on_transport(scenario: Scenario, transport: str) -> Scenario:
+    """The same scenario served over another transport."""
+    if scenario.server != "asm-proxy" or transport == scenario.transport or scenario.pinned:
+        return scenario
+    return replace(
+        scenario,
+        name=f"{scenario.name}@{transport}",
+        title=f"{scenario.title} [{transport}]",
+        transport=transport,
+    )
 
 
 def on_demand() -> ExtProc:
@@ -142,10 +159,10 @@ def jwt_material() -> tuple[dict[str, Any], str]:
 
 #: The JWT scenarios, and the provider's verifiedCacheSize in each: the load repeats one
 #: token, so the cached one is the cache's best case and the uncached one its worst.
-JWT_CACHE_SIZES = {"jwt-authz": 100, "jwt-authz-uncached": 0}
+JWT_CACHE_SIZES = {"jwt-authz": 100, "jwt-authz-uncached": 0, "jwt-authz-http": 100}
 
 
-def jwt_scenario(name: str, title: str) -> Scenario:
+def jwt_scenario(name: str, title: str, http: bool = False) -> Scenario:
     shape = Shape("get-jwt", "GET", "/api/items", headers=(("authorization", "Bearer {token}"),))
     return Scenario(
         name,
@@ -153,8 +170,10 @@ def jwt_scenario(name: str, title: str) -> Scenario:
         shape,
         "asm-proxy",
         config="",  # filled by `materialize` once `auth` is known to be installed
-        ext_authz=ExtAuthz(timeout="2s"),
+        ext_authz=ExtAuthz(timeout="2s", http_prefix="/ext_authz" if http else None),
         needs=("auth",),
+        transport="nghttp2" if http else "grpcio",
+        pinned=http,
     )
 
 
@@ -207,6 +226,24 @@ def main_scenarios() -> list[Scenario]:
             "floor", "bare grpc.aio floor (every phase)", POST_1K, "floor", ext_proc=every_phase()
         ),
         Scenario(
+            "floor-h2",
+            "bare pure-Python h2 server (every phase)",
+            POST_1K,
+            "floor",
+            config="h2",
+            ext_proc=every_phase(),
+            group="floors",
+        ),
+        Scenario(
+            "floor-nghttp2",
+            "bare nghttp2 C session, no framework (every phase)",
+            POST_1K,
+            "floor",
+            config="nghttp2",
+            ext_proc=every_phase(),
+            group="floors",
+        ),
+        Scenario(
             "headers-every-phase",
             "1 plugin, headers, Envoy sends every phase",
             POST_1K,
@@ -250,6 +287,9 @@ def main_scenarios() -> list[Scenario]:
         ),
         jwt_scenario("jwt-authz", "JWT RS256 via ext_authz (one token, remembered)"),
         jwt_scenario("jwt-authz-uncached", "JWT RS256 via ext_authz, every token verified"),
+        jwt_scenario(
+            "jwt-authz-http", "JWT RS256 via ext_authz over HTTP/1.1 (remembered)", http=True
+        ),
     ]
 
 

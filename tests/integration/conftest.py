@@ -87,7 +87,7 @@ StackFactory = Callable[..., Stack]
 
 
 @pytest.fixture
-def stack(tmp_path: Path, upstreams: Upstreams) -> Iterator[StackFactory]:
+def stack(tmp_path: Path, upstreams: Upstreams, transport: str) -> Iterator[StackFactory]:
     """stack(config_yaml, ext_proc=ExtProc(...), ext_authz=None, routes=None, ...) -> Stack
 
     `clusters` adds upstreams of the test's own ({name: port on 127.0.0.1}) to the echo
@@ -111,7 +111,7 @@ def stack(tmp_path: Path, upstreams: Upstreams) -> Iterator[StackFactory]:
         n = len(made)
         config_path = tmp_path / f"asm-proxy-{n}.yaml"
         config_path.write_text(config)
-        server = ServerThread(config_path, listen=listen)
+        server = ServerThread(config_path, listen=listen, transport=transport)
         access_log = tmp_path / f"access-{n}.log"
         setup = Setup(
             asm_proxy=server.address,

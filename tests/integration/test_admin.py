@@ -16,6 +16,7 @@ import pytest
 
 from asm_proxy.envoy_bootstrap import ExtProc, Route, Setup, bootstrap
 from asm_proxy.envoy_process import EnvoyProcess
+from tests.conftest import TRANSPORTS
 from tests.support.background import Upstreams
 from tests.support.serve import ServeProcess, total, wait_for
 
@@ -64,9 +65,14 @@ class Running:
 
 
 @pytest.fixture
-def running(tmp_path: Path, upstreams: Upstreams) -> Iterator[Running]:
+def running(
+    tmp_path: Path, upstreams: Upstreams, request: pytest.FixtureRequest
+) -> Iterator[Running]:
+    """`serve` on the default transport, or on the one a test names (indirect param)."""
     sock = tmp_path / "asm.sock"
-    serve = ServeProcess(tmp_path / "serve", config(sock))
+    transport: str | None = getattr(request, "param", None)
+    args = ("--transport", transport) if transport else ()
+    serve = ServeProcess(tmp_path / "serve", config(sock), *args)
     try:
         serve.wait_message(r"serving on")
         setup = Setup(
@@ -86,10 +92,12 @@ def running(tmp_path: Path, upstreams: Upstreams) -> Iterator[Running]:
     serve.close()
 
 
+@pytest.mark.parametrize("running", TRANSPORTS, indirect=True)
 def test_one_scrape_counts_every_worker(running: Running) -> None:
     """Envoy alternates between the two workers' sockets; the supervisor's /metrics sums
     them: hook calls by plugin and outcome, FAIL_OPEN bypasses, immediate responses by
-    status, streams by how they ended, messages by kind, and each worker's process."""
+    status, streams by how they ended, messages by kind, and each worker's process. On
+    every transport (the stream counts come from services.py, which all of them call)."""
     c = running.client
     for _ in range(10):
         assert c.get("/api").status_code == 200

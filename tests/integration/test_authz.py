@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from asm_proxy.envoy_bootstrap import ExtAuthz
+from asm_proxy.transport.nghttp2.http1 import METADATA_HEADER
 from tests.integration.conftest import StackFactory
 
 CONFIG = """
@@ -12,10 +17,21 @@ plugins:
 """
 
 
-def test_allow_with_headers_and_metadata(stack: StackFactory) -> None:
+@pytest.fixture(params=["grpc", "http"])
+def over(request: pytest.FixtureRequest, transport: str) -> ExtAuthz:
+    """ext_authz over gRPC, and over plain HTTP (the nghttp2 transport's http_service)."""
+    if request.param == "http":
+        if transport != "nghttp2":
+            pytest.skip("ext_authz over HTTP is served by the nghttp2 transport")
+        return ExtAuthz(http_prefix="/ext_authz")
+    return ExtAuthz()
+
+
+def test_allow_with_headers_and_metadata(stack: StackFactory, over: ExtAuthz) -> None:
     """Allowed: the upstream sees the plugin's header changes; metadata lands under the
-    ext_authz filter's namespace; STATS plugins do not run in Check."""
-    s = stack(CONFIG, ext_authz=ExtAuthz(), use_ext_proc=False)
+    ext_authz filter's namespace (over HTTP as the JSON of a header Envoy keeps); STATS
+    plugins do not run in Check."""
+    s = stack(CONFIG, ext_authz=over, use_ext_proc=False)
     resp = s.get("/", headers={"x-allow": "yes"})
     assert resp.status_code == 200
     seen = s.seen("a")
@@ -23,12 +39,15 @@ def test_allow_with_headers_and_metadata(stack: StackFactory) -> None:
     assert seen.header("x-allow") is None
     assert seen.header("x-tag") is None
     (entry,) = s.log_entries(1)
-    assert entry["authz_metadata"]["user"] == "alice"
+    if over.http_prefix is None:
+        assert entry["authz_metadata"]["user"] == "alice"
+    else:
+        assert json.loads(entry["authz_metadata"][METADATA_HEADER + "user"]) == "alice"
 
 
-def test_deny(stack: StackFactory) -> None:
+def test_deny(stack: StackFactory, over: ExtAuthz) -> None:
     """Denied: the client gets the plugin's status, headers and body; no upstream call."""
-    s = stack(CONFIG, ext_authz=ExtAuthz(), use_ext_proc=False)
+    s = stack(CONFIG, ext_authz=over, use_ext_proc=False)
     before = len(s.upstreams["a"].requests)
     missing = s.get("/")
     assert (missing.status_code, missing.text) == (401, "who are you?\n")

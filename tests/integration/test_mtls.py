@@ -88,11 +88,11 @@ def upstream() -> Iterator[Upstreams]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, pki: Pki) -> Iterator[ServerThread]:
+def server(tmp_path: Path, pki: Pki, transport: str) -> Iterator[ServerThread]:
     port = free_port()
     path = tmp_path / "asm-proxy.yaml"
     path.write_text(CONFIG.format(port=port, dir=pki.serving, ca=pki.ca.cert_path))
-    thread = ServerThread(path, listen=f"127.0.0.1:{port}")
+    thread = ServerThread(path, listen=f"127.0.0.1:{port}", transport=transport)
     yield thread
     thread.stop()
 

@@ -56,8 +56,9 @@ plugins:
 class Mesh:
     """One asm-proxy, one Envoy per namespace (its certificate proves the namespace)."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, transport: str) -> None:
         self.tmp = tmp_path
+        self.transport = transport
         self.ca = CertificateAuthority(tmp_path / "ca")
         served = self.ca.issue("asm-proxy", dns=[SERVICE], client=False)
         self.port = free_port()
@@ -80,7 +81,7 @@ class Mesh:
         os.replace(tmp, path)
 
     def start(self) -> None:
-        self.replica = Replica(self.config, self.port)
+        self.replica = Replica(self.config, self.port, self.transport)
 
     def render(self) -> dict[str, Any]:
         """The Envoy bootstrap `render` derives from the config and its namespace files
@@ -133,8 +134,8 @@ class Mesh:
 
 
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path)
+def mesh(tmp_path: Path, transport: str) -> Iterator[Mesh]:
+    m = Mesh(tmp_path, transport)
     yield m
     m.stop()
 

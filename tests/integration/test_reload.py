@@ -94,7 +94,7 @@ class Traffic:
 
 
 @pytest.fixture
-def serve(tmp_path: Path, upstreams: Upstreams):
+def serve(tmp_path: Path, upstreams: Upstreams, transport: str):
     """`asm-proxy serve` as its own process, with Envoy in front; yields (envoy, logs)."""
     procs: list[subprocess.Popen[str]] = []
     envoys: list[EnvoyProcess] = []
@@ -116,6 +116,8 @@ def serve(tmp_path: Path, upstreams: Upstreams):
                 str(config),
                 "--listen",
                 "127.0.0.1:0",
+                "--transport",
+                transport,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -51,10 +51,19 @@ def free_port() -> int:
 class Replica:
     """`asm-proxy serve` as its own process, as a Deployment's pod runs it."""
 
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, transport: str) -> None:
         self.port = port
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "asm_proxy", "serve", "--config", str(config)],
+            [
+                sys.executable,
+                "-m",
+                "asm_proxy",
+                "serve",
+                "--config",
+                str(config),
+                "--transport",
+                transport,
+            ],
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -127,7 +136,7 @@ class Load:
 class Cluster:
     """Two replicas with one CA, and the rendered central-mode Envoy in front of them."""
 
-    def __init__(self, tmp_path: Path, upstream: Upstreams) -> None:
+    def __init__(self, tmp_path: Path, upstream: Upstreams, transport: str) -> None:
         ca = CertificateAuthority(tmp_path / "ca")
         server = ca.issue("server", dns=[SERVICE], client=False)
         client = ca.issue("envoy", uris=["spiffe://cluster.local/ns/shop/sa/shop"], server=False)
@@ -138,7 +147,7 @@ class Cluster:
             config.write_text(
                 CONFIG.format(port=port, cert=server.cert, key=server.key, ca=ca.cert_path)
             )
-            self.replicas.append(Replica(config, port))
+            self.replicas.append(Replica(config, port, transport))
         boot = render_file(
             tmp_path / "replica-0.yaml",
             Options(
@@ -173,8 +182,8 @@ def upstream() -> Iterator[Upstreams]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, upstream: Upstreams) -> Iterator[Cluster]:
-    made = Cluster(tmp_path, upstream)
+def cluster(tmp_path: Path, upstream: Upstreams, transport: str) -> Iterator[Cluster]:
+    made = Cluster(tmp_path, upstream, transport)
     try:
         _wait(lambda: made.healthy() == 2)
         yield made

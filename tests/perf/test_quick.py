@@ -29,7 +29,7 @@ def test_quick_run(tmp_path: Path) -> None:
         [sys.executable, "-m", "perf", "--quick", "--load", "python", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=240,
         cwd=ROOT,
         check=False,
     )
@@ -43,8 +43,13 @@ def test_quick_run(tmp_path: Path) -> None:
     for name in ("floor", "headers-every-phase", "headers-on-demand", "chain-10-1-match"):
         assert rows[name]["server_cpu_us"] > 0
         assert rows[name]["ratio"] > 0
-    for name in ("floor", "headers-every-phase", "body-65536"):
+    for name in ("floor", "headers-every-phase", "body-65536@nghttp2"):
         assert rows[name]["rss_per_stream_bytes"] >= 0  # these streams stay open
+    # Every main scenario runs on each transport, side by side.
+    for name in ("headers-every-phase", "headers-on-demand", "chain-10-1-match"):
+        row = rows[f"{name}@nghttp2"]
+        assert row["status"] == "ok" and row["errors"] == 0, row
+        assert row["transport"] == "nghttp2" and row["server_cpu_us"] > 0
     assert rows["headers-on-demand"]["rss_per_stream"] == "streams end after the headers"
     if rows["nacos-buffered-1k"]["status"] == "ok":  # its stream waits for the answer
         assert rows["nacos-buffered-1k"]["rss_per_stream_bytes"] >= 0
@@ -58,15 +63,25 @@ def test_quick_run(tmp_path: Path) -> None:
         ("body-log-streamed-1m", "body_log"),
         ("jwt-authz", "auth"),
         ("jwt-authz-uncached", "auth"),
+        ("jwt-authz-http", "auth"),
     ):
         status = rows[name]["status"]
         assert status in ("ok", f"skipped: plugin type {type_name} not installed") or (
             status.startswith("skipped: config refused")
         ), status
-    assert {row["group"] for row in result["rows"]} == {"main", "body", "chain", "workers"}
+    assert {row["group"] for row in result["rows"]} == {
+        "main",
+        "floors",
+        "body",
+        "chain",
+        "workers",
+    }
+    for name in ("floor-h2", "floor-nghttp2"):
+        assert rows[name]["status"] == "ok" and rows[name]["errors"] == 0, rows[name]
     assert (tmp_path / "results.md").read_text().startswith("# asm-proxy benchmark")
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [t["target"][:2] for t in result["targets"]][:2] == ["1.", "2."]
+    assert any(t["target"].startswith("T1 [nghttp2]") for t in result["targets"])
 
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:10000/api/items

@@ -1,7 +1,7 @@
 """Bad clients over real gRPC: bytes that are not a message, messages out of order. Each
 gets the client-fault status with the reason; the log gets a WARNING without a traceback, a
 few a period and then one line counting the rest. asm-proxy's own faults are ERRORs with the
-traceback, throttled the same way."""
+traceback, throttled the same way. On every transport."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ GARBAGE = b"\xff\xff\xff\xff garbage"
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
+def server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: str
+) -> Iterator[ServerThread]:
     # Fresh throttles with a short period, so the test sees a whole period go by.
     monkeypatch.setattr(
         faults, "client", faults.Throttle(faults.log, logging.WARNING, "client faults", period=1.0)
@@ -42,7 +44,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerTh
     )
     path = tmp_path / "config.yaml"
     path.write_text(CONFIG)
-    thread = ServerThread(path)
+    thread = ServerThread(path, transport=transport)
     yield thread
     thread.stop()
 

@@ -27,15 +27,15 @@ XFCC = (
 )
 
 
-def serve(tmp_path: Path, trust: bool) -> ServerThread:
+def serve(tmp_path: Path, trust: bool, transport: str) -> ServerThread:
     path = tmp_path / "config.yaml"
     path.write_text(CONFIG.format(trust=str(trust).lower()))
-    return ServerThread(path)
+    return ServerThread(path, transport=transport)
 
 
 @pytest.fixture
-def trusting(tmp_path: Path) -> Iterator[ServerThread]:
-    server = serve(tmp_path, True)
+def trusting(tmp_path: Path, transport: str) -> Iterator[ServerThread]:
+    server = serve(tmp_path, True, transport)
     yield server
     server.stop()
 
@@ -72,9 +72,9 @@ def test_node_metadata_contradicting_it_is_refused(trusting: ServerThread) -> No
     assert reply.immediate_response.status.code == 403  # type: ignore[attr-defined]
 
 
-def test_not_trusted_unless_configured(tmp_path: Path) -> None:
+def test_not_trusted_unless_configured(tmp_path: Path, transport: str) -> None:
     """By default the header is a client's claim like any other, and ignored."""
-    server = serve(tmp_path, False)
+    server = serve(tmp_path, False, transport)
     try:
         assert set_headers(exchange(server, [("x-forwarded-client-cert", XFCC)], {})) == {}
     finally:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from asm_proxy.api import Chunk, Http, Plugin
 from asm_proxy.config import ServerSettings
 from asm_proxy.stats import counters
+from asm_proxy.status import Code
 from asm_proxy.stream import ProtocolError
 from asm_proxy.testing import PluginHost, messages, mode_of
 from asm_proxy.wire import BodySendMode, ext_proc
@@ -86,7 +86,7 @@ class TestProtocolErrors:
     def test_empty_message(self) -> None:
         """A ProcessingRequest with nothing set is INVALID_ARGUMENT, saying so."""
         err = self._error(PluginHost(Recorder), ext_proc.ProcessingRequest())
-        assert err.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert err.code is Code.INVALID_ARGUMENT
         assert "no known message" in err.message
 
     def test_headers_twice(self) -> None:
@@ -94,7 +94,7 @@ class TestProtocolErrors:
         err = self._error(
             PluginHost(Recorder), messages.request_headers(GET), messages.request_headers(GET)
         )
-        assert err.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert err.code is Code.FAILED_PRECONDITION
         assert err.message == "request_headers received after request headers on this stream"
 
     def test_body_after_trailers(self) -> None:

@@ -4,6 +4,7 @@
     scripts/reliability --soak 5m        a shorter soak
     scripts/reliability --soak 0         drills only
     scripts/reliability --only kills,drain,soak
+    scripts/reliability --transport grpcio   asm-proxy on grpc.aio (default: the config's, auto)
 
 Results go to tests/reliability/results/last-run.json (docs/RELIABILITY.md quotes them).
 Everything runs on 127.0.0.1 and Unix sockets in a scratch directory; every load is bounded
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from asm_proxy.durations import parse_duration
-from tests.reliability import drills
+from tests.reliability import drills, stack
 from tests.reliability.reload_drill import reload_faults
 from tests.reliability.soak import SoakResult, soak
 
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", default="5m", help="soak warm-up excluded from growth")
     parser.add_argument("--only", help=f"comma-separated: {', '.join(DRILLS)}, soak")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--transport", help="asm-proxy's transport (grpcio, nghttp2); default: the config's"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     chosen = args.only.split(",") if args.only else [*DRILLS, "soak"]
@@ -155,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown drill(s): {', '.join(sorted(unknown))}")
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    stack.TRANSPORT = args.transport
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "transport": args.transport or "auto",
+    }
     with tempfile.TemporaryDirectory(prefix="asm-proxy-reliability-") as scratch:
         work = Path(scratch)
         for name in (n for n in chosen if n in DRILLS):

@@ -149,12 +149,14 @@ def worker_kills(
     connections: int = 8,
     every: float = 3.0,
     envoy: Mapping[str, Any] | None = None,
+    server: str | None = None,
 ) -> KillResult:
     """Two workers behind Envoy at `rate` requests/s; SIGKILL one worker (alternating) every
     `every` seconds and count the requests that failed around each kill. `envoy` goes to
-    Envoy's bootstrap Setup (to measure without health checks, retries, ...)."""
+    Envoy's bootstrap Setup (to measure without health checks, retries, ...); `server` is
+    asm-proxy's transport (default: stack.TRANSPORT)."""
     listen = f"unix:{workdir}/kill.sock" if transport == "unix" else "127.0.0.1:0"
-    serve = Serve(workdir, PASS_THROUGH, listen=listen, workers=2)
+    serve = Serve(workdir, PASS_THROUGH, listen=listen, workers=2, transport=server)
     front = Front(workdir, serve.addresses, envoy)
     result = KillResult(transport, [], [])
     load = Load(front.url, rate=rate, connections=connections, seconds=kills * every + 30).start()

@@ -24,6 +24,9 @@ from asm_proxy.envoy_process import EnvoyProcess
 from perf.envoys import start_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The transport every `Serve` uses unless told (`--transport` of `python -m tests.reliability`);
+#: None: the config's default, `auto` (nghttp2 where built).
+TRANSPORT: str | None = None
 _SERVING = re.compile(
     r"asm-proxy serving on (\S+(?:, \S+)*) with \d+ worker\(s\) \(pids ([\d,]+)\)"
 )
@@ -60,8 +63,11 @@ class Serve:
         workers: int,
         name: str = "serve",
         prefix: list[str] | None = None,
+        transport: str | None = None,
     ) -> None:
+        """`transport`: asm-proxy's (`serve --transport`), default TRANSPORT."""
         workdir.mkdir(parents=True, exist_ok=True)
+        transport = transport or TRANSPORT
         self.config = workdir / f"{name}.yaml"
         self.config.write_text(config)
         self.log_path = workdir / f"{name}.log"
@@ -80,6 +86,7 @@ class Serve:
                 listen,
                 "--workers",
                 str(workers),
+                *(["--transport", transport] if transport else []),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -38,7 +38,12 @@ class ServerThread:
     """asm-proxy's Server on its own loop, started from a config file."""
 
     def __init__(
-        self, config_path: str | Path, *, listen: str = "127.0.0.1:0", watch: bool = False
+        self,
+        config_path: str | Path,
+        *,
+        listen: str = "127.0.0.1:0",
+        watch: bool = False,
+        transport: str | None = None,
     ):
         self.config_path = Path(config_path)
         self._bg = BackgroundLoop("asm-proxy-server")
@@ -46,7 +51,10 @@ class ServerThread:
         #: This server's plugin and hook metrics, apart from other tests' servers.
         self.metrics = Registry()
         self.server = Server(
-            loaded, config_path=self.config_path if watch else None, registry=self.metrics
+            loaded,
+            config_path=self.config_path if watch else None,
+            transport=transport,
+            registry=self.metrics,
         )
         self._bg.call(self.server.start(listen))
 

@@ -62,9 +62,13 @@ plugins:
 class SupervisorThread:
     """A Supervisor (and so its worker processes) driven from sync tests."""
 
-    def __init__(self, config_path: Path, *, listen: str, workers: int) -> None:
+    def __init__(
+        self, config_path: Path, *, listen: str, workers: int, transport: str | None = None
+    ) -> None:
         self._bg = BackgroundLoop("asm-proxy-supervisor")
-        self.supervisor = Supervisor(config_path, listen=listen, workers=workers)
+        self.supervisor = Supervisor(
+            config_path, listen=listen, workers=workers, transport=transport
+        )
         self.config_path = config_path
         try:
             self._bg.call(self.supervisor.start(), timeout=60)

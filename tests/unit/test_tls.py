@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from asm_proxy.config import TlsSettings
 from asm_proxy.identity import Workload, from_spiffe, identity_conflict
 from asm_proxy.testing import check_config
-from asm_proxy.tls import CertificateFiles, TlsError, peer_of_auth_context, peer_of_xfcc
+from asm_proxy.tls import CertificateFiles, TlsError, peer_of_certificate, peer_of_xfcc
 from tests.support.certs import CertificateAuthority
 
 SHOP = "spiffe://cluster.local/ns/shop/sa/cart"
@@ -20,15 +20,13 @@ SHOP = "spiffe://cluster.local/ns/shop/sa/cart"
 
 class TestIdentity:
     def test_the_one_spiffe_uri_san_names_the_workload(self) -> None:
-        peer = peer_of_auth_context(
-            {"x509_subject_alternative_name": [b"envoy.shop.svc", SHOP.encode()]}
-        )
+        peer = peer_of_certificate([b"envoy.shop.svc", SHOP.encode()])
         assert peer == Workload(namespace="shop", service_account="cart", principal=SHOP)
 
     def test_no_or_two_spiffe_ids_prove_nothing(self) -> None:
-        assert peer_of_auth_context({"x509_subject_alternative_name": [b"a.example"]}) is None
+        assert peer_of_certificate([b"a.example"]) is None
         two = [SHOP.encode(), b"spiffe://cluster.local/ns/other/sa/x"]
-        assert peer_of_auth_context({"x509_subject_alternative_name": two}) is None
+        assert peer_of_certificate(two) is None
 
     def test_xfcc_takes_the_element_its_own_sidecar_added(self) -> None:
         header = (
