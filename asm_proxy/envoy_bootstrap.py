@@ -190,12 +190,12 @@ class Setup:
 
 def http_authz_cluster(targets: list[str]) -> dict[str, Any]:
     """asm-proxy's endpoints over HTTP/1.1 (ext_authz's http_service): outlier detection as
-    on the gRPC cluster (a refused connection ejects), no gRPC health check (it needs
-    HTTP/2; the gRPC cluster's checks watch the same workers)."""
+    on the gRPC cluster (a refused connection ejects), and HTTP health checks of /healthz
+    (503 once an instance drains), so Envoy leaves a draining instance as on gRPC."""
     cluster = asm_proxy_cluster(
         targets,
         name=ASM_PROXY_HTTP_CLUSTER,
-        health_checks=False,
+        health_check_path="/healthz",
         max_requests_per_connection=None,
     )
     options = cluster["typed_extension_protocol_options"]

@@ -75,10 +75,13 @@ def asm_proxy_cluster(
     health_checks: bool = True,
     health_check_service: str = EXT_PROC_SERVICE,
     health_check_interval: str = HEALTH_CHECK_INTERVAL,
+    health_check_path: str | None = None,
     outlier_detection: bool = True,
 ) -> dict[str, Any]:
     """The static HTTP/2 cluster of asm-proxy endpoints: every worker's Unix socket
-    (`PATH.0`, `PATH.1`, ...) or the shared TCP address, one entry per instance."""
+    (`PATH.0`, `PATH.1`, ...) or the shared TCP address, one entry per instance. Health
+    checks are gRPC's, or with `health_check_path` HTTP GETs of that path (the HTTP/1.1
+    cluster of ext_authz's http_service: /healthz answers 503 once draining)."""
     common: dict[str, Any] = {}
     if max_requests_per_connection:
         common["max_requests_per_connection"] = max_requests_per_connection
@@ -126,7 +129,11 @@ def asm_proxy_cluster(
                 "no_traffic_interval": health_check_interval,
                 "unhealthy_threshold": 2,  # NOT_SERVING counts at once; a lost check does not
                 "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": health_check_service},
+                **(
+                    {"http_health_check": {"path": health_check_path}}
+                    if health_check_path
+                    else {"grpc_health_check": {"service_name": health_check_service}}
+                ),
             }
         ]
     return cluster

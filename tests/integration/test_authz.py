@@ -43,6 +43,10 @@ def test_allow_with_headers_and_metadata(stack: StackFactory, over: ExtAuthz) ->
         assert entry["authz_metadata"]["user"] == "alice"
     else:
         assert json.loads(entry["authz_metadata"][METADATA_HEADER + "user"]) == "alice"
+        # Envoy health-checks the HTTP cluster on /healthz, as it does the gRPC one.
+        stats = s.envoy.stats("cluster.asm_proxy_http.health_check.")
+        assert stats.get("cluster.asm_proxy_http.health_check.success", 0) >= 1
+        assert stats.get("cluster.asm_proxy_http.health_check.failure", 0) == 0
 
 
 def test_deny(stack: StackFactory, over: ExtAuthz) -> None:
