@@ -397,6 +397,8 @@ async def run_hooks(
         if hook.is_async and limit <= 0:
             counters.hook_timeouts += 1
             entry.report("had no time left before the message deadline", None)
+            if entry.meter is not None:
+                entry.meter.record(hook.event, Outcome.SKIPPED, 0.0)
             if watching:
                 _after(_before(watching, hook, http), hook, Outcome.SKIPPED, 0.0, None)
             outcome = _failed(entry, "timeout")
@@ -437,16 +439,25 @@ async def run_hooks(
                 f"hook {hook.fn.__qualname__} returned {type(result).__name__}; "
                 "return None or a Respond"
             )
+        meter = entry.meter
         if failure is None:
-            if tokens:
+            if meter is not None or tokens:
                 ok = Outcome.OK if result is None else Outcome.RESPOND
-                _after(tokens, hook, ok, loop.time() - start, None)
+                took = loop.time() - start
+                if meter is not None:
+                    meter.record(hook.event, ok, took)
+                if tokens:
+                    _after(tokens, hook, ok, took, None)
             if result is not None:
                 return result  # type: ignore[no-any-return]
             continue
         undo.rollback(mark)
-        if tokens:
-            _after(tokens, hook, failure, loop.time() - start, error)
+        if meter is not None or tokens:
+            took = loop.time() - start
+            if meter is not None:
+                meter.record(hook.event, failure, took)
+            if tokens:
+                _after(tokens, hook, failure, took, error)
         if failure is Outcome.TIMEOUT:
             counters.hook_timeouts += 1
             ms = (loop.time() - start) * 1000

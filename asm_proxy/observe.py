@@ -129,7 +129,7 @@ class Watching:
 
 def stream_started(service: str) -> Watching:
     tokens = []
-    for observer in list(stream_observers):
+    for observer in tuple(stream_observers):  # one may be dropped on the way
         try:
             tokens.append((observer, observer.started(service)))
         except Exception:

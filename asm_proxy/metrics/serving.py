@@ -1,9 +1,9 @@
-"""The server's own metrics in a worker, and the observers that record them.
+"""The server's own metrics in a worker, and what records them.
 
 - Per plugin (labels `plugin`, `type`, `event`): hook calls by outcome, hook duration,
-  FAIL_OPEN bypasses and FAIL_CLOSE refusals — from the hook observer seam. Each chain
-  entry gets its cells when the chain is bound (`bind_chain`), so a hook call costs two
-  dict lookups, an add and a `bisect`.
+  FAIL_OPEN bypasses and FAIL_CLOSE refusals — recorded by the hook loop itself
+  (chain.run_hooks) into the cells each chain entry gets when the chain is bound
+  (`bind_chain`): a hook call costs one dict lookup, two adds and a `bisect`.
 - Per stream (label `service`: ext_proc or ext_authz): streams open, streams ended by how
   (`end`), their duration, immediate responses by status — from the stream seam.
 - The process counters of `asm_proxy.stats` (messages by kind, body bytes, offload jobs
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from asm_proxy.stats import counters, message_kinds
 
 if TYPE_CHECKING:
     from asm_proxy.chain import Chain, Entry
-    from asm_proxy.exchange import Exchange, Http
+    from asm_proxy.exchange import Exchange
 
 #: How a hook call is counted: a hook that had no time left to start is a timeout.
 OUTCOME_LABEL = {
@@ -171,28 +172,34 @@ def families(registry: Registry = REGISTRY) -> Families:
 
 
 class HookMeter:
-    """One chain entry's cells, made when the chain is bound."""
+    """One chain entry's cells, made when the chain is bound; run_hooks records into them
+    directly (no observer call: metrics are on by default, so a hook's recording must cost
+    next to nothing)."""
 
-    __slots__ = ("calls", "failed", "seconds")
+    __slots__ = ("cells",)
 
     def __init__(self, fam: Families, entry: Entry) -> None:
         events = sorted(entry.plugin.hooks)
-        labels = {e: (entry.name, entry.type_name, e.hook.removeprefix("on_")) for e in events}
-        self.calls = {
-            (e, outcome): _cell(fam.hook_calls, (*labels[e], OUTCOME_LABEL[outcome]))
-            for e in events
-            for outcome in Outcome
-        }
-        self.seconds = {e: _hcell(fam.hook_seconds, labels[e]) for e in events}
         # A failure is a bypass (FAIL_OPEN) or a refusal (FAIL_CLOSE), by the strategy.
         failures = fam.bypassed if entry.fail_open else fam.refused
-        self.failed = {e: _cell(failures, labels[e]) for e in events}
+        #: (event, outcome) -> (its calls cell, the event's duration histogram, the failure
+        #: cell if the outcome is a failure): one lookup per call.
+        self.cells: dict[tuple[Event, Outcome], tuple[Cell, HistogramCell, Cell | None]] = {}
+        for e in events:
+            labels = (entry.name, entry.type_name, e.hook.removeprefix("on_"))
+            seconds = _hcell(fam.hook_seconds, labels)
+            failed = _cell(failures, labels)
+            for outcome in Outcome:
+                calls = _cell(fam.hook_calls, (*labels, OUTCOME_LABEL[outcome]))
+                self.cells[e, outcome] = (calls, seconds, failed if outcome.failed else None)
 
     def record(self, event: Event, outcome: Outcome, seconds: float) -> None:
-        self.calls[event, outcome].value += 1
-        self.seconds[event].observe(seconds)
-        if outcome.failed:
-            self.failed[event].value += 1
+        calls, histogram, failed = self.cells[event, outcome]
+        calls.value += 1
+        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+        histogram.sum += seconds
+        if failed is not None:
+            failed.value += 1
 
 
 def bind_chain(chain: Chain, registry: Registry = REGISTRY) -> None:
@@ -208,26 +215,6 @@ def bind_chain(chain: Chain, registry: Registry = REGISTRY) -> None:
 def forget_plugins(keep: Iterable[str], registry: Registry = REGISTRY) -> None:
     """Drop the series of plugins no longer configured (after a reload's old chain ended)."""
     registry.forget("plugin", keep)
-
-
-class HookMetrics:
-    """The hook observer: each call's outcome and duration, into its entry's cells."""
-
-    def before(self, entry: Entry, event: Event, http: Http) -> None:
-        return None
-
-    def after(
-        self,
-        token: Any,
-        entry: Entry,
-        event: Event,
-        outcome: Outcome,
-        seconds: float,
-        error: BaseException | None,
-    ) -> None:
-        meter = entry.meter
-        if meter is not None:
-            meter.record(event, outcome, seconds)
 
 
 class StreamMetrics:
@@ -250,12 +237,13 @@ class StreamMetrics:
         fam = self.families
         fam.open_cells[service].value -= 1
         fam.end_cells[service, end].value += 1
-        fam.seconds_cells[service].observe(seconds)
+        histogram = fam.seconds_cells[service]
+        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+        histogram.sum += seconds
         if exchange is not None and exchange.immediate_status:
             _cell(fam.immediate, (service, str(exchange.immediate_status))).value += 1
 
 
-HOOKS = HookMetrics()
 STREAMS = StreamMetrics()
 
 
@@ -268,10 +256,8 @@ def record(on: bool) -> None:
     global _recorders
     _recorders = max(0, _recorders + (1 if on else -1))
     if _recorders:
-        observe.add_observer(HOOKS)
         observe.add_stream_observer(STREAMS)
     else:
-        observe.remove_observer(HOOKS)
         observe.remove_stream_observer(STREAMS)
 
 

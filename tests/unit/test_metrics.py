@@ -3,6 +3,7 @@ Prometheus rendering (parsed back with prometheus-client's own parser)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -163,7 +164,22 @@ class Breaks(Plugin):
         raise RuntimeError("broken")
 
 
+class Slow(Plugin):
+    async def on_request_headers(self, http: Http) -> None:
+        await asyncio.sleep(1)
+
+
 class TestHookMetrics:
+    def test_an_overrun_counts_as_timeout_and_its_duration_is_kept(self) -> None:
+        registry = Registry()
+        host = PluginHost(Slow, name="slow", timeout=0.01, fail_strategy=FailStrategy.FAIL_OPEN)
+        bind_chain(host.chain, registry)
+        host.request_headers()
+        calls = "asm_proxy_hook_calls_total"
+        assert registry.value(calls, {"plugin": "slow", "outcome": "timeout"}) == 1
+        assert registry.value("asm_proxy_fail_open_bypasses_total", {"plugin": "slow"}) == 1
+        assert registry.value("asm_proxy_hook_duration_seconds", {"plugin": "slow"}) == 1
+
     def test_calls_by_outcome_duration_and_fail_open(self) -> None:
         """Each hook call is counted by outcome and timed; a FAIL_OPEN failure counts as a
         bypass, a FAIL_CLOSE one as a refusal."""
