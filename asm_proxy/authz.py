@@ -23,7 +23,7 @@ from asm_proxy.chain import run_hooks
 from asm_proxy.envoy_headers import decode_header_map, encode_value
 from asm_proxy.events import REQUEST_BODY, REQUEST_HEADERS
 from asm_proxy.exchange import Exchange
-from asm_proxy.headers import HeaderAction, HeaderOp, Headers, adopt, take_ops
+from asm_proxy.headers import HeaderAction, HeaderOp, Headers, adopt, pending_names, take_ops
 from asm_proxy.identity import Workload
 from asm_proxy.logs import bind_exchange
 from asm_proxy.observe import EXT_AUTHZ, StreamEnd
@@ -226,15 +226,29 @@ ExchangeFactory = Callable[[Workload | None], Exchange]
 _IDENTITY_MISMATCH = Respond(403, body="workload identity mismatch\n")
 
 
+#: What a check gets when its plugins rewrite a pseudo-header (`:path`: an API key taken
+#: out of the query) and the answer cannot carry it (ext_authz over HTTP).
+CANNOT_REWRITE = Respond(
+    403,
+    body="forbidden: this check needs a path rewrite, which ext_authz over HTTP cannot make\n",
+    details="asm_proxy_cannot_rewrite_over_http",
+)
+
+
 async def judge(
     state: ServerState,
     configured: Workload | None,
     exchange_for: ExchangeFactory,
     caller: Caller,
+    *,
+    pseudo_headers: bool = True,
 ) -> Decision:
     """Run the AUTHN and AUTHZ plugins on one check, whatever it came over: `configured`
     is the workload Envoy's config names (context extensions; None over HTTP),
     `exchange_for(proven)` makes the exchange once the caller's proven identity is known.
+    Without `pseudo_headers` (an answer that cannot rewrite them) a check its plugins
+    allow but whose pseudo-headers they change is refused, and counted so: letting the
+    request through unchanged would forward what a plugin meant to remove.
     A denial is a decision, not an error; raises only on asm-proxy's own failures."""
     chain = state.chain
     settings = state.settings
@@ -264,6 +278,8 @@ async def judge(
         hooks = plan.hooks[REQUEST_BODY]
         if outcome is None and x.request.buffer().size and hooks:
             outcome = await run_hooks(hooks, x, (), deadline)
+        if outcome is None and not pseudo_headers:
+            outcome = _unanswerable(x)
         x.undo.commit()
         metadata = flat_metadata(x, settings.metadata_namespace)
         if outcome is not None:
@@ -280,6 +296,16 @@ async def judge(
         chain.release()
         if watching is not None:
             observe.stream_ended(watching, EXT_AUTHZ, x, end)
+
+
+def _unanswerable(x: Exchange) -> Respond | None:
+    """CANNOT_REWRITE if the plugins changed a pseudo-header, else None."""
+    headers = x.request.headers
+    names = [n for n in pending_names(headers) if n.startswith(":")] if headers else []
+    if not names:
+        return None
+    log.warning("ext_authz over HTTP cannot rewrite %s; refused (use gRPC)", ", ".join(names))
+    return CANNOT_REWRITE
 
 
 async def decide(

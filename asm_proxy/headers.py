@@ -323,6 +323,11 @@ def take_ops(headers: Headers) -> dict[str, list[HeaderOp]]:
     return ops
 
 
+def pending_names(headers: Headers) -> tuple[str, ...]:
+    """The names with operations recorded since the last take_ops (without taking them)."""
+    return tuple(headers._ops)
+
+
 def media_type(content_type: str | None) -> str:
     """The media type of a content-type value: lower case, without parameters."""
     return (content_type or "").split(";", 1)[0].strip().lower()

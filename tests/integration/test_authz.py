@@ -7,6 +7,7 @@ import json
 import pytest
 
 from asm_proxy.envoy_bootstrap import ExtAuthz
+from asm_proxy.stats import counters
 from asm_proxy.transport.nghttp2.http1 import METADATA_HEADER
 from tests.integration.conftest import StackFactory
 
@@ -82,3 +83,29 @@ plugins:
     s.get("/")
     assert s.seen("a").header("x-shop") == "1"
     assert s.seen("a").header("x-other") is None
+
+
+def test_a_pseudo_header_rewrite_is_refused_over_http_and_counted_so(
+    stack: StackFactory, over: ExtAuthz
+) -> None:
+    """Over gRPC a check may rewrite :authority (Envoy applies it); over HTTP the answer
+    cannot carry it, so the check is refused (403) and counted as denied, not allowed."""
+    config = """
+plugins:
+  - {name: reroute, type: 'tests.support.plugins:Reroute', phase: AUTHZ,
+     config: {authority: elsewhere.example}}
+"""
+    s = stack(config, ext_authz=over, use_ext_proc=False)
+    assert s.get("/").status_code == 200  # nothing to rewrite
+    before = len(s.upstreams["a"].requests)
+    denied = counters.authz_denied  # the server runs in this process
+    reply = s.get("/", headers={"x-reroute": "1"})
+    if over.http_prefix is None:
+        assert reply.status_code == 200
+        assert s.seen("a").header("host") == "elsewhere.example"
+        assert counters.authz_denied == denied
+    else:
+        assert reply.status_code == 403
+        assert "path rewrite" in reply.text
+        assert len(s.upstreams["a"].requests) == before
+        assert counters.authz_denied == denied + 1

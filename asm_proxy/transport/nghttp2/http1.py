@@ -50,9 +50,6 @@ log = logging.getLogger("asm_proxy.transport.http1")
 
 METADATA_HEADER = "x-asm-proxy-md-"
 REMOVE_HEADER = b"x-envoy-auth-headers-to-remove"
-CANNOT_REWRITE = (
-    b"forbidden: this check needs a path rewrite, which ext_authz over HTTP cannot make\n"
-)
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 503: b"Service Unavailable"}
 
 
@@ -179,7 +176,11 @@ class Http1Connection(asyncio.Protocol):
         caller = self._caller(request) if state.settings.proves_peers else Caller()
         try:
             decision = await authz.judge(
-                state, None, lambda proven: exchange_of(request, path, proven), caller
+                state,
+                None,
+                lambda proven: exchange_of(request, path, proven),
+                caller,
+                pseudo_headers=False,  # an HTTP answer cannot rewrite :path
             )
         except Exception as exc:
             faults.internal_fault("ext_authz check over HTTP", exc)
@@ -232,15 +233,8 @@ def http_answer(decision: authz.Decision, keep_alive: bool) -> bytes:
     assert decision.exchange is not None
     recorded = decision.exchange.request.headers
     ops = take_ops(recorded) if recorded is not None else {}
-    if any(name.startswith(":") for name in ops):
-        # A rewrite of :path (an API key taken out of the query): Envoy takes no
-        # pseudo-header from an HTTP authorization answer, and letting the request through
-        # unchanged would forward what the plugin meant to remove. Fail closed.
-        log.warning(
-            "ext_authz over HTTP cannot rewrite %s; refused (use gRPC for it)",
-            ", ".join(n for n in ops if n.startswith(":")),
-        )
-        return response(403, [], CANNOT_REWRITE, keep_alive)
+    # judge(pseudo_headers=False) refused a check whose plugins rewrote a pseudo-header.
+    assert not any(name.startswith(":") for name in ops), "pseudo-header rewrite over HTTP"
     headers = []
     removed = []
     for name, name_ops in ops.items():
