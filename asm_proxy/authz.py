@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from google.protobuf import struct_pb2
 
 from asm_proxy import codec, observe
 from asm_proxy.caller import Caller
@@ -127,11 +125,17 @@ def identity_mismatch(configured: Workload | None, proven: Workload | None) -> s
     return None
 
 
-def exchange_of_check(request: auth.CheckRequest, proven: Workload | None = None) -> Exchange:
-    """The exchange a Check asks about; `proven`: the caller's identity from mTLS."""
+def exchange_of_check(
+    request: auth.CheckRequest,
+    proven: Workload | None = None,
+    configured: Workload | None = None,
+) -> Exchange:
+    """The exchange a Check asks about; `proven`: the caller's identity from mTLS;
+    `configured`: workload_of_check(request), if the caller has it already."""
     http_request = request.attributes.request.http
     headers = _headers_of(http_request)
-    configured = workload_of_check(request)
+    if configured is None:
+        configured = workload_of_check(request)
     peer = configured if proven is None else _with_proof(configured, proven)
     x = Exchange(headers, peer=peer)
     attrs = attributes_of_check(request)
@@ -190,7 +194,7 @@ def _joined_header_ops(respond: Respond) -> dict[str, list[HeaderOp]]:
     return ops
 
 
-def denied(respond: Respond, metadata: struct_pb2.Struct | None) -> auth.CheckResponse:
+def denied(respond: Respond, metadata: Mapping[str, Any] | None) -> auth.CheckResponse:
     status_code = _UNAUTHENTICATED if respond.status == 401 else _PERMISSION_DENIED
     headers, _ = codec.header_value_options(_joined_header_ops(respond))
     reply = auth.CheckResponse(
@@ -201,14 +205,14 @@ def denied(respond: Respond, metadata: struct_pb2.Struct | None) -> auth.CheckRe
             body=respond.body_bytes().decode("utf-8", "replace"),
         ),
     )
-    if metadata is not None:
-        reply.dynamic_metadata.CopyFrom(metadata)
+    if metadata:
+        reply.dynamic_metadata.update(metadata)  # written in place, no Struct to copy
     if respond.details:
         reply.dynamic_metadata.update({"details": respond.details})
     return reply
 
 
-def allowed(x: Exchange, metadata: struct_pb2.Struct | None) -> auth.CheckResponse:
+def allowed(x: Exchange, metadata: Mapping[str, Any] | None) -> auth.CheckResponse:
     headers = x.request.headers
     ops = take_ops(headers) if headers is not None else {}
     options, removed = codec.header_value_options(ops)
@@ -216,8 +220,8 @@ def allowed(x: Exchange, metadata: struct_pb2.Struct | None) -> auth.CheckRespon
         status=auth.Status(code=_OK),
         ok_response=auth.OkHttpResponse(headers=options, headers_to_remove=removed),
     )
-    if metadata is not None:
-        reply.dynamic_metadata.CopyFrom(metadata)
+    if metadata:
+        reply.dynamic_metadata.update(metadata)
     return reply
 
 
@@ -312,14 +316,14 @@ async def decide(
     state: ServerState, request: auth.CheckRequest, caller: Caller
 ) -> auth.CheckResponse:
     """A gRPC Check: the plugins' decision as the CheckResponse Envoy gets."""
+    configured = workload_of_check(request)
     decision = await judge(
         state,
-        workload_of_check(request),
-        lambda proven: exchange_of_check(request, proven),
+        configured,
+        lambda proven: exchange_of_check(request, proven, configured),
         caller,
     )
-    metadata = codec.dict_to_struct(decision.metadata) if decision.metadata else None
     if decision.respond is not None:
-        return denied(decision.respond, metadata)
+        return denied(decision.respond, decision.metadata)
     assert decision.exchange is not None
-    return allowed(decision.exchange, metadata)
+    return allowed(decision.exchange, decision.metadata)

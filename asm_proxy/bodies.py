@@ -43,13 +43,6 @@ class BodyContext(Protocol):
     def immediate(self, respond: Respond) -> ProcessingResponse: ...
 
 
-async def _chunk_hooks(
-    x: Exchange, hooks: tuple[Hook, ...], data: bytes, eos: bool, deadline: float
-) -> tuple[Chunk, Respond | None]:
-    chunk = Chunk(data, eos, x.undo)
-    return chunk, await run_hooks(hooks, x, (chunk,), deadline)
-
-
 async def _observe_whole(
     x: Exchange, d: Direction, whole: tuple[Hook, ...], deadline: float
 ) -> Respond | None:
@@ -114,8 +107,9 @@ class OneShot(BodyStrategy):
         chunk: Chunk | None = None
         outcome: Respond | None = None
         hooks = plan.hooks[d.events.chunk]
-        if hooks:  # awaiting costs a coroutine; most bodies have no chunk hook
-            chunk, outcome = await _chunk_hooks(x, hooks, data, eos, deadline)
+        if hooks:  # run_hooks costs a coroutine; most bodies have no chunk hook
+            chunk = Chunk(data, eos, x.undo)
+            outcome = await run_hooks(hooks, x, (chunk,), deadline)
         buffer.add(data)
         if chunk is not None and chunk.replaced:
             buffer.replacement = chunk.data
@@ -150,8 +144,9 @@ class Streamed(BodyStrategy):
         chunk: Chunk | None = None
         outcome: Respond | None = None
         hooks = plan.hooks[d.events.chunk]
-        if hooks:  # awaiting costs a coroutine; most bodies have no chunk hook
-            chunk, outcome = await _chunk_hooks(x, hooks, data, eos, deadline)
+        if hooks:  # run_hooks costs a coroutine; most bodies have no chunk hook
+            chunk = Chunk(data, eos, x.undo)
+            outcome = await run_hooks(hooks, x, (chunk,), deadline)
         whole = plan.hooks[d.events.body]
         if outcome is None and whole and not d.whole_done:
             d.buffer().add(data)
@@ -179,8 +174,9 @@ class FullDuplex(BodyStrategy):
         chunk: Chunk | None = None
         outcome: Respond | None = None
         hooks = plan.hooks[d.events.chunk]
-        if hooks:  # awaiting costs a coroutine; most bodies have no chunk hook
-            chunk, outcome = await _chunk_hooks(x, hooks, data, eos, deadline)
+        if hooks:  # run_hooks costs a coroutine; most bodies have no chunk hook
+            chunk = Chunk(data, eos, x.undo)
+            outcome = await run_hooks(hooks, x, (chunk,), deadline)
         if chunk is not None:
             data = chunk.data
         whole = plan.hooks[event]

@@ -221,7 +221,6 @@ class Chain:
         self._all_mask = (1 << len(self.entries)) - 1
         if authz_via_ext_authz:
             self._all_mask &= ~self._authz_mask
-        self.authz_via_ext_authz = authz_via_ext_authz
         self._any_scoped = any(e.matches or e.selects for e in self.entries)
         #: (bit, path test, other match, selects) of each plugin: selection computes the
         #: path once and makes no method calls of its own.
@@ -440,24 +439,18 @@ async def run_hooks(
                 "return None or a Respond"
             )
         meter = entry.meter
+        if meter is not None or tokens:
+            ended = failure or (Outcome.OK if result is None else Outcome.RESPOND)
+            took = loop.time() - start
+            if meter is not None:
+                meter.record(hook.event, ended, took)
+            if tokens:
+                _after(tokens, hook, ended, took, error)
         if failure is None:
-            if meter is not None or tokens:
-                ok = Outcome.OK if result is None else Outcome.RESPOND
-                took = loop.time() - start
-                if meter is not None:
-                    meter.record(hook.event, ok, took)
-                if tokens:
-                    _after(tokens, hook, ok, took, None)
             if result is not None:
                 return result  # type: ignore[no-any-return]
             continue
         undo.rollback(mark)
-        if meter is not None or tokens:
-            took = loop.time() - start
-            if meter is not None:
-                meter.record(hook.event, failure, took)
-            if tokens:
-                _after(tokens, hook, failure, took, error)
         if failure is Outcome.TIMEOUT:
             counters.hook_timeouts += 1
             ms = (loop.time() - start) * 1000
@@ -491,13 +484,17 @@ Watched = list[tuple[observe.HookObserver, Any]]
 
 
 def _before(watching: list[observe.HookObserver], hook: Hook, http: Http) -> Watched:
-    """Each observer with the token its `before` returned."""
+    """Each observer that returned a token with its token (None: not interested in this
+    call, so no `after` either: an unsampled exchange costs tracing nothing more)."""
     tokens: Watched = []
     for observer in list(watching):
         try:
-            tokens.append((observer, observer.before(hook.entry, hook.event, http)))
+            token = observer.before(hook.entry, hook.event, http)
         except Exception:
             _drop(observer)
+            continue
+        if token is not None:
+            tokens.append((observer, token))
     return tokens
 
 

@@ -34,8 +34,7 @@ def _validate(paths: list[str], namespace: str | None, root: str, directory: str
             loaded = load_all(path, directory)
         except ConfigError as exc:
             status = 1
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
+            print(exc, file=sys.stderr)  # its problems, one per line
             continue
         for warning in loaded.warnings:
             print(warning, file=sys.stderr)
@@ -56,8 +55,7 @@ def _serve(
     try:
         asyncio.run(supervise(config, listen, workers, admin, transport))
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        print(exc, file=sys.stderr)  # its problems, one per line
         return 1
     except OSError as exc:
         print(f"asm-proxy: {exc}", file=sys.stderr)
@@ -104,8 +102,7 @@ def _render(args: argparse.Namespace) -> int:
     try:
         objects = render_file(args.config, options, args.namespace_dir)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        print(exc, file=sys.stderr)  # its problems, one per line
         return 1
     except RenderError as exc:
         print(f"asm-proxy render: {exc}", file=sys.stderr)
@@ -136,8 +133,7 @@ def _diagnose(args: argparse.Namespace) -> int:
             envoy = read_envoy_files(args.envoy_config)
         findings = diagnose(args.config, envoy, args.namespace_dir)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        print(exc, file=sys.stderr)  # its problems, one per line
         return 2
     except OSError as exc:
         print(f"asm-proxy diagnose: {exc}", file=sys.stderr)

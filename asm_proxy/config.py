@@ -661,7 +661,7 @@ def read_config_text(path: str | Path) -> str:
 
 def config_hash(text: str) -> str:
     """What identifies a config's content: the first 16 hex digits of its SHA-256 (shown by
-    the admin endpoint and metrics, compared by `asm-proxy diagnose --admin`)."""
+    the admin endpoint and metrics)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

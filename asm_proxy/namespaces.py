@@ -42,7 +42,7 @@ from asm_proxy.config import (
     read_config_bytes,
     read_config_text,
 )
-from asm_proxy.loader import Loaded, build_chain, load, load_text
+from asm_proxy.loader import Loaded, build_chain, load_text
 
 log = logging.getLogger("asm_proxy.namespaces")
 
@@ -172,7 +172,8 @@ def load_all(config_path: str | Path, directory: str | Path | None = None) -> Lo
     and `diagnose`, which judge what is meant to run, not what runs despite mistakes.
     `directory` stands for `namespaces.directory` (the files as checked out, not where the
     pod mounts them)."""
-    loaded = load(config_path)
+    main = read_config_text(config_path)  # read once: what is checked is what is composed
+    loaded = load_text(config_path, main)
     settings = loaded.settings.namespaces
     if settings is None:
         return loaded
@@ -187,8 +188,7 @@ def load_all(config_path: str | Path, directory: str | Path | None = None) -> Lo
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    composed = load_text(config_path, compose(read_config_text(config_path), entries))
-    return composed
+    return load_text(config_path, compose(main, entries))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,13 @@
-"""The observer seams: metrics and tracing attach here, not in the hook loop or the transports.
+"""The observer seams: tracing and the stream metrics attach here, not in the hook loop or
+the transports. (Hook metrics, on by default, are recorded by the hook loop itself into
+each entry's cells, `Entry.meter`: an observer call per hook cost too much.)
 
 A hook observer is told before each hook runs and after it ends (with its outcome and how
-long it took), like pluggy's hook-call monitoring. A stream observer is told when an
-ext_proc stream or an ext_authz Check begins and ends. With no observer registered the
-loop pays one truth test per hook and services.py one per stream; observers are
-process-wide, so they outlive a chain swapped by a reload.
+long it took), like pluggy's hook-call monitoring; a `before` that returns None gets no
+`after` for that call. A stream observer is told when an ext_proc stream or an ext_authz
+Check begins and ends. With no observer registered the loop pays one truth test per hook
+and services.py and authz.judge one per stream; observers are process-wide, so they
+outlive a chain swapped by a reload.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ class Outcome(enum.Enum):
 
 class HookObserver(Protocol):
     """Told about every hook call. `before` returns a token handed back to `after` (a span,
-    a start time); neither may raise (an exception is logged and the observer dropped)."""
+    a start time), or None to skip `after` for this call; neither may raise (an exception
+    is logged and the observer dropped)."""
 
     def before(self, entry: Entry, event: Event, http: Http) -> Any: ...
 

@@ -50,13 +50,6 @@ def fingerprint(path: Path) -> Fingerprint | None:
     return (real, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def content_hash(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

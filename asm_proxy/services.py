@@ -18,9 +18,6 @@ starts and how it ended (`StreamEnd`), and `authz.judge` does for each check, ov
 HTTP/1.1; the exchange is bound to the serving task for the logs' request and trace ids
 (`logs.bind_exchange`, in stream.py and `authz.judge`). A transport only has to run each
 call in its own task and say how the client ended it (`read`: None, or `StreamReset`).
-
-`METHODS` names every gRPC method by path, and what kind of call it is, so a transport
-can route and refuse (UNIMPLEMENTED) without importing anything else.
 """
 
 from __future__ import annotations
@@ -30,9 +27,7 @@ from typing import Protocol
 from google.protobuf.message import DecodeError
 
 from asm_proxy import authz, faults, observe
-from asm_proxy.caller import Caller
-from asm_proxy.health import CHECK_METHOD as HEALTH_CHECK
-from asm_proxy.health import WATCH_METHOD as HEALTH_WATCH
+from asm_proxy.caller import NOBODY, Caller
 from asm_proxy.health import Health
 from asm_proxy.observe import EXT_PROC, StreamEnd
 from asm_proxy.state import ServerState
@@ -40,15 +35,7 @@ from asm_proxy.stats import counters
 from asm_proxy.status import OK, Code, Status
 from asm_proxy.stream import ProtocolError, Stream
 from asm_proxy.tls import proven_peer
-from asm_proxy.wire import CHECK_METHOD, PROCESS_METHOD, CheckRequest, ProcessingRequest
-
-#: gRPC method path -> how it is called ("stream": bidirectional, "unary", "server-stream").
-METHODS = {
-    PROCESS_METHOD: "stream",
-    CHECK_METHOD: "unary",
-    HEALTH_CHECK: "unary",
-    HEALTH_WATCH: "server-stream",
-}
+from asm_proxy.wire import CheckRequest, ProcessingRequest
 
 EXT_PROC_REQUEST = "envoy.service.ext_proc.v3.ProcessingRequest"
 CHECK_REQUEST = "envoy.service.auth.v3.CheckRequest"
@@ -175,7 +162,7 @@ class Services:
         except DecodeError as exc:
             refusal = Status(Code.INVALID_ARGUMENT, not_a(CHECK_REQUEST, exc))
             return client_fault("ext_authz Check", refusal, call.peer())
-        caller = call.caller() if self.state.settings.proves_peers else Caller()
+        caller = call.caller() if self.state.settings.proves_peers else NOBODY
         try:
             answer = await authz.decide(self.state, parsed, caller)
         except Exception as exc:

@@ -1,4 +1,4 @@
-"""The supervisor and its worker processes: one grpc.aio server per core.
+"""The supervisor and its worker processes: one server per core (asm_proxy.transport).
 
 Python runs one thread of Python at a time, so asm-proxy scales across cores with
 processes. The supervisor serves no traffic itself. It
@@ -293,6 +293,8 @@ class Supervisor:
         if data is None:
             data = read_config_bytes(self.config_path)
         main = decode_config(self.config_path, data)
+        # The file alone first, so its problems carry its own line numbers (the composed
+        # text below is re-dumped YAML); with `namespaces:` its plugins are built twice.
         loaded = load_text(self.config_path, main)
         for warning in loaded.warnings:
             log.warning("%s", warning)

@@ -25,7 +25,7 @@ from asm_proxy.exchange import Http
 from asm_proxy.headers import Headers
 from asm_proxy.loader import build_chain, load_text
 from asm_proxy.matching import compile_match, compile_selector
-from asm_proxy.metrics.serving import bind_chain, recording
+from asm_proxy.metrics.serving import bind_chain
 from asm_proxy.metrics.store import Registry
 from asm_proxy.plugin import FailStrategy, Phase, Plugin, prepare
 from asm_proxy.stream import Stream
@@ -364,8 +364,7 @@ class PluginHost:
             for key, value in self.protocol.items():
                 setattr(msg.protocol_config, key, value)
         self._first = False
-        with recording():  # hook metrics, only while this host drives the chain
-            reply = await self.stream.handle(msg)
+        reply = await self.stream.handle(msg)
         at = asyncio.get_running_loop().time()
         if reply is None:
             return []

@@ -227,12 +227,11 @@ class Tracing:
         if not parent_span.is_valid:
             self.ids.next = trace_id  # the root span gets the id the sampler judged
         request = exchange.http.request
-        headers = request.headers
         attributes: dict[str, str | int] = {
             "rpc.system": "grpc",
             "asm_proxy.service": t.service,
         }
-        method = headers.get(":method")
+        method = request.method
         if method:
             attributes["http.request.method"] = method
         path = request.path_only
@@ -360,11 +359,12 @@ def parent_declined(carrier: dict[str, str]) -> bool:
 
 
 def _response_status(exchange: Exchange) -> int:
+    """The response's :status, or 0 when no response headers came (without making an
+    empty response side just to ask)."""
     d = exchange.response
     if d.headers is None and d.raw_headers is None:
         return 0
-    value = exchange.http.response.headers.get(":status")
-    return int(value) if value and value.isdigit() else 0
+    return exchange.http.response.status
 
 
 # -- setting it up -------------------------------------------------------------------------
@@ -385,10 +385,6 @@ def install(tracing: Tracing | None) -> None:
         observe.add_stream_observer(tracing)
         observe.add_observer(tracing)
         logs.trace_id_hook.append(current_trace_id)
-
-
-def installed() -> Tracing | None:
-    return _installed
 
 
 class TracingConfigError(ValueError):

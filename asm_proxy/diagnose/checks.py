@@ -20,12 +20,13 @@ from asm_proxy.durations import parse_duration
 from asm_proxy.events import Event
 from asm_proxy.identity import Workload
 from asm_proxy.loader import Loaded
+from asm_proxy.namespaces import NAMESPACE_NAME
 from asm_proxy.plugin import BodyAccess, FailStrategy
 from asm_proxy.render.needs import IDENTITY_ATTRIBUTES, label_attribute
 
 #: Envoy's message_timeout when the filter does not set one.
 DEFAULT_MESSAGE_TIMEOUT = 0.2
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_LABEL = NAMESPACE_NAME
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
@@ -277,15 +278,6 @@ def identity_not_sent(loaded: Loaded, envoy: EnvoySide) -> Findings:
                 )
 
 
-def _selected(entry: Entry, workload: Workload) -> bool:
-    selector = entry.selector
-    if selector is None:
-        return True
-    if selector.namespaces and workload.namespace not in selector.namespaces:
-        return False
-    return all(workload.labels.get(k) == v for k, v in selector.match_labels.items())
-
-
 def selector_misses_this_workload(loaded: Loaded, envoy: EnvoySide) -> Findings:
     """With one workload's Envoy (its node metadata), a selector that excludes it."""
     metadata = envoy.node_metadata
@@ -294,7 +286,7 @@ def selector_misses_this_workload(loaded: Loaded, envoy: EnvoySide) -> Findings:
     labels = metadata.get("LABELS") if isinstance(metadata.get("LABELS"), dict) else {}
     workload = Workload(namespace=str(metadata["NAMESPACE"]), labels=labels or {})
     for entry in loaded.chain.entries:
-        if not _selected(entry, workload):
+        if entry.selects is not None and not entry.selects(workload):  # as serving selects
             yield Finding(
                 "selector-matches-nothing",
                 Severity.WARNING,

@@ -3,7 +3,7 @@
 - Per plugin (labels `plugin`, `type`, `event`): hook calls by outcome, hook duration,
   FAIL_OPEN bypasses and FAIL_CLOSE refusals — recorded by the hook loop itself
   (chain.run_hooks) into the cells each chain entry gets when the chain is bound
-  (`bind_chain`): a hook call costs one dict lookup, two adds and a `bisect`.
+  (`bind_chain`): a hook call costs one dict lookup, three adds and a `bisect`.
 - Per stream (label `service`: ext_proc or ext_authz): streams open, streams ended by how
   (`end`), their duration, immediate responses by status — from the stream seam.
 - The process counters of `asm_proxy.stats` (messages by kind, body bytes, offload jobs
@@ -15,10 +15,9 @@ ends and services are enums, statuses are HTTP status codes; no path, host or he
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from asm_proxy import observe
@@ -48,7 +47,6 @@ OUTCOME_LABEL = {
     Outcome.TIMEOUT: "timeout",
     Outcome.SKIPPED: "timeout",
 }
-HOOK_OUTCOMES = ("ok", "respond", "error", "timeout")
 SERVICES = (observe.EXT_PROC, observe.EXT_AUTHZ)
 
 #: Exchanges, not hooks: an ext_proc stream lasts as long as the phases Envoy sends.
@@ -261,16 +259,6 @@ def record(on: bool) -> None:
         observe.remove_stream_observer(STREAMS)
 
 
-@contextlib.contextmanager
-def recording() -> Iterator[None]:
-    """Record metrics within the block (asm_proxy.testing's hosts)."""
-    record(True)
-    try:
-        yield
-    finally:
-        record(False)
-
-
 # -- the process counters, as families when a snapshot is taken -----------------------------
 
 #: stats.counters field -> (metric, help, labels). Fields not listed are covered by the
@@ -310,7 +298,8 @@ COUNTER_FAMILIES: dict[str, tuple[str, str, dict[str, str]]] = {
     ),
     "identity_refusals": (
         "asm_proxy_identity_refusals_total",
-        "Exchanges refused because Envoy's node metadata contradicted the proven peer",
+        "Exchanges and checks refused: Envoy's node metadata or ext_authz context extensions "
+        "contradicted the proven peer",
         {},
     ),
     "streams_reset_before_status": (

@@ -44,8 +44,6 @@ with warnings.catch_warnings():
         DataSource,
         GrpcService,
         Node,
-        Pipe,
-        SocketAddress,
         TransportSocket,
     )
     from envoy_data_plane.envoy.config.endpoint.v3 import (
@@ -204,10 +202,7 @@ def _typed_cluster(spec: dict[str, Any]) -> Cluster:
 
 
 def _address(endpoint: str) -> Address:
-    if endpoint.startswith("unix:"):
-        return Address(pipe=Pipe(path=endpoint[len("unix:") :]))
-    host, _, port = endpoint.rpartition(":")
-    return Address(socket_address=SocketAddress(address=host.strip("[]"), port_value=int(port)))
+    return Address.from_dict(envoy_cluster.address(endpoint))
 
 
 def _client_tls(placement: Placement) -> TransportSocket | None:

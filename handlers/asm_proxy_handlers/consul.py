@@ -34,7 +34,7 @@ from asm_proxy_handlers.discovery.hosts import DiscoveryConfig, HostMap, Target
 from asm_proxy_handlers.discovery.outcomes import Outcomes
 
 DEFAULT_PATHS = ("/v1/health/service/", "/v1/catalog/service/")
-#: (address field, fallback field, port field) per answer shape.
+#: The two answer shapes: /v1/health/service (nested Service, Node) and /v1/catalog/service.
 _HEALTH, _CATALOG = "health", "catalog"
 
 
@@ -91,7 +91,6 @@ class ConsulPlugin(Plugin):
         self.hosts = HostMap(config, frozenset({"default"}))
         self.paths = tuple(config.paths)
         self.outcomes = Outcomes(self, "consul")
-        #: What happened to the answers seen, by outcome (rewritten, not_json, ...).
 
     def on_request_headers(self, http: Http) -> None:
         request = http.request

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 from xml.parsers import expat
 from xml.sax.saxutils import escape
 
@@ -44,8 +44,6 @@ class EurekaConfig(DiscoveryConfig):
     """The shared discovery config (keys of `services`/`ports`: application names, any
     case; `{namespace}` is `defaultNamespace`: Eureka has no namespaces) and where the
     registry's REST API is."""
-
-    template_fields: ClassVar[frozenset[str]] = frozenset({"service", "namespace"})
 
     #: Path prefixes of the Eureka REST API (`{prefix}/apps...`).
     base_paths: list[str] = Field(default_factory=lambda: ["/eureka", "/eureka/v2"])
@@ -293,7 +291,6 @@ class EurekaPlugin(Plugin):
         )
         self.base_paths = tuple(config.base_paths)
         self.outcomes = Outcomes(self, "eureka")
-        #: What happened to the answers seen, by outcome (rewritten, not_json, ...).
 
     def resolve(self, app: str) -> Target | str:
         if not app:

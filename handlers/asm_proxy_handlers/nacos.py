@@ -167,7 +167,6 @@ class NacosPlugin(Plugin):
         self.paths = frozenset(config.paths)
         self.hosts = nacos_hosts(config)
         self.outcomes = Outcomes(self, "nacos")
-        #: What happened to the exchanges seen, by outcome (rewritten, not_json, ...).
 
     # -- request -------------------------------------------------------------------------
 

@@ -26,8 +26,8 @@ namespace passes unchanged (counted `unknown_namespace`).
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
@@ -135,7 +135,6 @@ class GrpcExchange:
     request_read: bool = False
     #: The namespace answers of this call belong to (None: not known yet).
     namespace: str | None = None
-    seen: Counter[str] = field(default_factory=Counter)
 
 
 class _Requests:

@@ -23,6 +23,7 @@ from asm_proxy.envoy_bootstrap import ExtAuthz
 from asm_proxy.transport.nghttp2.http1 import METADATA_HEADER
 from tests.integration.conftest import Stack, StackFactory
 from tests.support.jwks import AUDIENCE, ISSUER, JwksServer, claims, jwks, rsa_key
+from tests.support.waiting import wait_for
 
 API_KEY = "k-9d2c4e6a8b0f1357"
 
@@ -277,11 +278,11 @@ def test_key_rotation_while_requests_flow(
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
-        _wait(lambda: len(statuses) >= 10)
+        wait_for(lambda: len(statuses) >= 10)
         fetches = idp.fetches
         idp.serve(jwks(rsa_key("k1"), rsa_key("k2")))  # publish first, then sign with it
         current[0] = "k2"
-        _wait(lambda: sum(kid == "k2" for kid, _ in statuses) >= 20)
+        wait_for(lambda: sum(kid == "k2" for kid, _ in statuses) >= 20)
         assert idp.fetches > fetches
     finally:
         stop.set()
@@ -292,16 +293,8 @@ def test_key_rotation_while_requests_flow(
     assert {kid for kid, _ in statuses} == {"k1", "k2"}
 
     idp.serve(jwks(rsa_key("k2")))  # the old key is withdrawn
-    _wait(lambda: s.get("/orders", headers=bearer(tokens["k1"])).status_code == 401)
+    wait_for(lambda: s.get("/orders", headers=bearer(tokens["k1"])).status_code == 401)
     assert s.get("/orders", headers=bearer(tokens["k2"])).status_code == 200
-
-
-def _wait(condition: Any, timeout: float = 10.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_htpasswd_reload_while_serving(
@@ -316,13 +309,13 @@ def test_htpasswd_reload_while_serving(
     new = tmp_path / "htpasswd.new"
     new.write_text("dave:" + bcrypt.hashpw(b"n3w-pass", bcrypt.gensalt(4)).decode() + "\n")
     new.replace(tmp_path / "htpasswd")
-    _wait(lambda: s.get("/orders", headers=dave).status_code == 200)
+    wait_for(lambda: s.get("/orders", headers=dave).status_code == 200)
     assert s.get("/orders", headers=carol).status_code == 401
 
     weak = tmp_path / "htpasswd.weak"
     weak.write_text("dave:n3w-pass\n")  # plain text: refused
     weak.replace(tmp_path / "htpasswd")
     basic = s.plugin("auth").basic
-    _wait(lambda: basic.file.failures == 1)
+    wait_for(lambda: basic.file.failures == 1)
     assert "plain-text" in basic.file.last_error
     assert s.get("/orders", headers=dave).status_code == 200

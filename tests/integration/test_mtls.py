@@ -9,7 +9,6 @@ import shutil
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from asm_proxy.render.placement import ClientTls
 from asm_proxy.tls import CertificateFiles
 from tests.support.background import ServerThread, Upstreams
 from tests.support.certs import CertificateAuthority, Issued
+from tests.support.serve import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.envoy
 
@@ -45,12 +46,6 @@ plugins:
     selector: {{namespace: shop}}
     config: {{request: {{set: {{x-tenant: shop}}}}}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -244,9 +239,9 @@ def test_rotation_in_place_under_traffic_loses_nothing(
             # A half-written pair: the new certificate with the old key. Refused.
             shutil.copyfile(new.cert, pki.serving / "server.crt")
             # Each new handshake asks asm-proxy for the current files.
-            _wait_for(lambda: _serving_serial(server.address, client) and _failures(server))
+            wait_for(lambda: _serving_serial(server.address, client) and _failures(server))
             shutil.copyfile(new.key, pki.serving / "server.key")
-            _wait_for(lambda: _serving_serial(server.address, client) != before)
+            wait_for(lambda: _serving_serial(server.address, client) != before)
         finally:
             stop.set()
             worker.join(30)
@@ -264,11 +259,3 @@ def _certificates(server: ServerThread) -> CertificateFiles:
 
 def _failures(server: ServerThread) -> bool:
     return _certificates(server).failures >= 1
-
-
-def _wait_for(condition: Any, timeout: float = 10.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from tests.support.nacos_grpc import (
     payload,
     running_nacos_grpc,
 )
+from tests.support.waiting import wait_for
 
 T = TypeVar("T")
 PROVIDER = "provider.shop.svc.cluster.local"
@@ -83,16 +83,6 @@ def on(loop: BackgroundLoop, fn: Callable[[], T]) -> T:
         return fn()
 
     return loop.call(call())
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Client:

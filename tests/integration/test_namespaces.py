@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ import yaml
 from asm_proxy.envoy_process import EnvoyProcess
 from asm_proxy.render import Options, render_file
 from asm_proxy.render.placement import ClientTls
-from tests.integration.test_scale_out import Replica, free_port
 from tests.support.background import Upstreams
 from tests.support.certs import CertificateAuthority
+from tests.support.serve import Replica, free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.envoy
 
@@ -140,14 +141,6 @@ def mesh(tmp_path: Path, transport: str) -> Iterator[Mesh]:
     m.stop()
 
 
-def _until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
-
-
 def test_identical_labels_two_namespaces_never_crossed(mesh: Mesh) -> None:
     mesh.write("team-a", ANSWER.format(status=444, namespace="team-a"))
     mesh.write("team-b", ANSWER.format(status=555, namespace="team-b"))
@@ -166,7 +159,7 @@ def test_identical_labels_two_namespaces_never_crossed(mesh: Mesh) -> None:
 
     # team-a's file reloaded: only team-a's answer changes.
     mesh.write("team-a", ANSWER.format(status=418, namespace="team-a"))
-    _until(lambda: mesh.status("team-a") == 418)
+    wait_for(lambda: mesh.status("team-a") == 418)
     for _ in range(10):
         assert mesh.status("team-a") == 418
         assert mesh.status("team-b") == 555
@@ -190,7 +183,7 @@ def test_identical_labels_two_namespaces_never_crossed(mesh: Mesh) -> None:
 
     # Removing a namespace's file removes its plugins, and only its.
     (mesh.dir / "team-b.yaml").unlink()
-    _until(lambda: mesh.status("team-b") == 200)
+    wait_for(lambda: mesh.status("team-b") == 200)
     assert mesh.status("team-a") == 418
 
 
@@ -208,6 +201,6 @@ def test_a_namespace_whose_file_never_loaded_fails_closed(mesh: Mesh) -> None:
     assert "no_such_type" in mesh.log()
     # Fixed: team-b serves with its own plugins.
     mesh.write("team-b", ANSWER.format(status=555, namespace="team-b"))
-    _until(lambda: mesh.status("team-b") == 555)
+    wait_for(lambda: mesh.status("team-b") == 555)
     assert mesh.status("team-b", foo="baz") == 200
     assert mesh.status("team-a") == 444

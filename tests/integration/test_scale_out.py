@@ -4,11 +4,7 @@ away, its streams finish); kill -9 costs only the streams it had in flight."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,6 +19,8 @@ from asm_proxy.render import Options, render_file
 from asm_proxy.render.placement import ClientTls
 from tests.support.background import Upstreams
 from tests.support.certs import CertificateAuthority
+from tests.support.serve import Replica, free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.envoy
 
@@ -40,63 +38,6 @@ plugins:
 #: Client threads, and how long each load phase lasts (bounded either way).
 CLIENTS = 4
 PHASE_SECONDS = 4.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Replica:
-    """`asm-proxy serve` as its own process, as a Deployment's pod runs it."""
-
-    def __init__(self, config: Path, port: int, transport: str) -> None:
-        self.port = port
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "asm_proxy",
-                "serve",
-                "--config",
-                str(config),
-                "--transport",
-                transport,
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        self.log: list[str] = []
-        self._serving = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._serving.wait(60):
-            self.stop()
-            raise AssertionError("replica did not start:\n" + "".join(self.log))
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            if "asm-proxy serving on" in line:
-                self._serving.set()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def signal(self, sig: int) -> None:
-        os.killpg(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._reader.join(10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
 
 
 class Load:
@@ -185,18 +126,10 @@ def upstream() -> Iterator[Upstreams]:
 def cluster(tmp_path: Path, upstream: Upstreams, transport: str) -> Iterator[Cluster]:
     made = Cluster(tmp_path, upstream, transport)
     try:
-        _wait(lambda: made.healthy() == 2)
+        wait_for(lambda: made.healthy() == 2)
         yield made
     finally:
         made.stop()
-
-
-def _wait(condition: object, timeout: float = 15.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > give_up:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 def test_sigterm_to_one_replica_under_load_loses_nothing(cluster: Cluster) -> None:

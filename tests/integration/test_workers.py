@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from asm_proxy.envoy_process import EnvoyProcess
 from asm_proxy.testing import messages
 from asm_proxy.wire import process_stub
 from tests.support.background import Upstreams
+from tests.support.waiting import wait_for
 from tests.support.workers import SupervisorThread, pid_tag_config
 
 pytestmark = pytest.mark.envoy
@@ -178,14 +178,6 @@ plugins:
     assert stats["counters"]["offloaded_calls"] == 1  # the small body stayed inline
     assert stats["counters"]["offload_bytes_in"] == len(large)
     assert stats["counters"]["offload_bytes_out"] == len(large)
-
-
-def wait_for(predicate: Callable[[], bool], what: str, limit: float = 20.0) -> None:
-    give_up = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_dead_worker_costs_only_its_streams(workers_stack: Factory) -> None:

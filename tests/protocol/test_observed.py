@@ -11,8 +11,7 @@ the nghttp2 transport, over HTTP/1.1. Read here off the server's real metrics.
 from __future__ import annotations
 
 import queue
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -32,6 +31,7 @@ from asm_proxy.wire import (
     process_stub,
 )
 from tests.support.background import ServerThread
+from tests.support.waiting import wait_for
 
 CONFIG = """
 deadline: 2s
@@ -72,16 +72,6 @@ def ended(service: str, end: StreamEnd) -> float:
 
 def immediate(service: str, status: int) -> float:
     return families().immediate.cell((service, str(status))).value
-
-
-def eventually(check: Callable[[], bool], what: str) -> None:
-    """The server tells its observers as a call ends; a client that cancelled may ask
-    before the server has noticed."""
-    give_up = time.monotonic() + 5
-    while not check():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
 
 
 def held_open(first: ProcessingRequest) -> tuple[queue.Queue[ProcessingRequest | None], Iterator]:
@@ -128,15 +118,15 @@ def test_each_way_an_ext_proc_stream_ends(server: ServerThread) -> None:
         pending, requests = held_open(messages.request_headers({":path": "/slow"}, False))
         call = process(requests)
         # Counted as it arrives, then straight into the hook (400 ms).
-        eventually(lambda: message_kinds["request_headers"] > seen, "the slow message")
+        wait_for(lambda: message_kinds["request_headers"] > seen, "the slow message")
         call.cancel()
         pending.put(None)
 
     def grew(end: StreamEnd) -> float:
         return ended(EXT_PROC, end) - counts[end]
 
-    eventually(lambda: grew(StreamEnd.CANCELLED) == 1, "the cancelled stream")
-    eventually(lambda: grew(StreamEnd.COMPLETE) == 2, "the reset stream")
+    wait_for(lambda: grew(StreamEnd.CANCELLED) == 1, "the cancelled stream")
+    wait_for(lambda: grew(StreamEnd.COMPLETE) == 2, "the reset stream")
     assert {end: grew(end) for end in PROCESS_ENDS} == {
         StreamEnd.COMPLETE: 2,
         StreamEnd.CLOSED_EARLY: 1,

@@ -4,7 +4,6 @@ are gone."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -32,11 +31,6 @@ def alive(pid: int) -> bool:
     return bool(fields) and fields[0] not in ("Z", "X")
 
 
-def parent(pid: int) -> int:
-    fields = _stat(pid)
-    return int(fields[1]) if fields else 0
-
-
 def workers(marker: str) -> list[int]:
     """Live asm-proxy worker processes whose command line contains `marker` (a listen
     address unique to the test), whoever their parent is now."""
@@ -60,14 +54,3 @@ def rss(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def wait_gone(pids: list[int], limit: float) -> float | None:
-    """Seconds until none of `pids` is alive, or None if some still are after `limit`."""
-    start = time.monotonic()
-    while True:
-        if not any(alive(p) for p in pids):
-            return time.monotonic() - start
-        if time.monotonic() - start > limit:
-            return None
-        time.sleep(0.005)

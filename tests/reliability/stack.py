@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from asm_proxy.envoy_bootstrap import ExtProc, Route, Setup, bootstrap
 from asm_proxy.envoy_process import EnvoyProcess
 from perf.envoys import start_upstream
+from tests.support import waiting
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The transport every `Serve` uses unless told (`--transport` of `python -m tests.reliability`);
@@ -33,11 +33,8 @@ _SERVING = re.compile(
 
 
 def wait_for(predicate: Callable[[], bool], what: str, limit: float = 30.0) -> None:
-    give_up = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"gave up waiting for {what} after {limit}s")
-        time.sleep(0.01)
+    """Polled every 10 ms: the orphan drill times what follows from the moment this returns."""
+    waiting.wait_for(predicate, what, limit, interval=0.01)
 
 
 def without_file_capabilities() -> list[str]:

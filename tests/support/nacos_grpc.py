@@ -37,7 +37,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 
 from asm_proxy_handlers.discovery.nacos_grpc_pb2 import Metadata, Payload
 from tests.support.background import BackgroundLoop
-from tests.support.nacos import DEFAULT_GROUP, Instance
+from tests.support.nacos import DEFAULT_GROUP, Instance, service_info
 
 UNARY = "/Request/request"
 BI_STREAM = "/BiRequestStream/requestBiStream"
@@ -58,19 +58,13 @@ def decode(message: Payload) -> tuple[str, dict[str, Any]]:
 def grpc_service_info(
     group: str, service: str, instances: list[Instance], clusters: str = ""
 ) -> dict[str, Any]:
-    """ServiceInfo as Nacos 2 returns it over gRPC: `name` without the group."""
-    grouped = f"{group}@@{service}"
+    """ServiceInfo as Nacos 2 returns it over gRPC: the HTTP API's, with `name` without the
+    group and a current `lastRefTime` (the client drops answers older than what it has)."""
     return {
+        **service_info(group, service, instances, clusters),
         "name": service,
-        "groupName": group,
-        "clusters": clusters,
-        "cacheMillis": 10000,
-        "hosts": [i.as_json(grouped) for i in instances],
         "lastRefTime": int(time.time() * 1000),
         "checksum": "",
-        "allIPs": False,
-        "reachProtectionThreshold": False,
-        "valid": True,
     }
 
 

@@ -1,5 +1,6 @@
-"""`asm-proxy serve` as its own process (supervisor and workers, as deployed), its JSON log
-read line by line, and its admin endpoint queried over HTTP."""
+"""`asm-proxy serve` as its own process (supervisor and workers, as deployed): ServeProcess
+with its JSON log read line by line and its admin endpoint queried over HTTP; Replica, one
+of several a central Service spreads over, in its own session (signalled as a group)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,19 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.waiting import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for(predicate: Callable[[], bool], what: str, limit: float = 30.0) -> None:
-    give_up = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 class ServeProcess:
@@ -123,3 +118,61 @@ def total(samples: dict[tuple[tuple[str, str], ...], float], **labels: str) -> f
     """The sum of the samples whose labels include `labels`."""
     wanted = set(labels.items())
     return sum(value for key, value in samples.items() if wanted <= set(key))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a config that must name its port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Replica:
+    """`asm-proxy serve` as its own process, as a Deployment's pod runs it."""
+
+    def __init__(self, config: Path, port: int, transport: str) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "asm_proxy",
+                "serve",
+                "--config",
+                str(config),
+                "--transport",
+                transport,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.log: list[str] = []
+        self._serving = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._serving.wait(60):
+            self.stop()
+            raise AssertionError("replica did not start:\n" + "".join(self.log))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if "asm-proxy serving on" in line:
+                self._serving.set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def signal(self, sig: int) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._reader.join(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 from asm_proxy.caller import Caller
 from asm_proxy.services import StreamReset, client_fault
 from asm_proxy.status import Code, Status
+from asm_proxy.tls import XFCC_HEADER
 
 if TYPE_CHECKING:
     from asm_proxy.transport.nghttp2.connection import H2Connection
 
 Headers = list[tuple[bytes, bytes]]
 
-_XFCC = b"x-forwarded-client-cert"
+_XFCC = XFCC_HEADER.encode()
 
 
 def header(headers: Headers, name: bytes) -> bytes | None:
@@ -32,6 +33,12 @@ def header(headers: Headers, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def caller_of(sans: tuple[str, ...], headers: Headers) -> Caller:
+    """Who calls, over HTTP/2 or HTTP/1.1: the certificate's SANs and any XFCC header."""
+    xfcc = header(headers, _XFCC)
+    return Caller(sans=sans, xfcc=xfcc.decode("latin-1") if xfcc is not None else None)
 
 
 def peer_name(transport: asyncio.BaseTransport | None) -> str:
@@ -57,11 +64,7 @@ class GrpcCall:
         self.headers = headers
 
     def caller(self) -> Caller:
-        xfcc = header(self.headers, _XFCC)
-        return Caller(
-            sans=self.conn.peer_sans(),
-            xfcc=xfcc.decode("latin-1") if xfcc is not None else None,
-        )
+        return caller_of(self.conn.peer_sans(), self.headers)
 
     def peer(self) -> str:
         return self.conn.peer()

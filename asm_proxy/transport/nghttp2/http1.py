@@ -34,14 +34,13 @@ import httptools
 import orjson
 
 from asm_proxy import authz, faults
-from asm_proxy.caller import Caller
+from asm_proxy.caller import NOBODY, Caller
 from asm_proxy.exchange import Exchange
 from asm_proxy.headers import HeaderAction, adopt, take_ops
 from asm_proxy.health import SERVING
 from asm_proxy.identity import Workload
 from asm_proxy.stats import counters
-from asm_proxy.tls import XFCC_HEADER
-from asm_proxy.transport.nghttp2.calls import peer_name
+from asm_proxy.transport.nghttp2.calls import caller_of, peer_name
 
 if TYPE_CHECKING:
     from asm_proxy.transport.nghttp2.server import Listener
@@ -173,7 +172,7 @@ class Http1Connection(asyncio.Protocol):
     async def _check(self, request: Request, path: bytes) -> bytes:
         services = self.listener.services
         state = services.state
-        caller = self._caller(request) if state.settings.proves_peers else Caller()
+        caller = self._caller(request) if state.settings.proves_peers else NOBODY
         try:
             decision = await authz.judge(
                 state,
@@ -191,8 +190,7 @@ class Http1Connection(asyncio.Protocol):
         sans = self._sans
         if sans is None:
             sans = self._sans = self.listener.peer_sans(self.transport)
-        xfcc = next((v for k, v in request.headers if k == XFCC_HEADER.encode()), None)
-        return Caller(sans=sans, xfcc=xfcc.decode("latin-1") if xfcc is not None else None)
+        return caller_of(sans, request.headers)
 
 
 def exchange_of(request: Request, path: bytes, proven: Workload | None) -> Exchange:
@@ -212,8 +210,8 @@ def exchange_of(request: Request, path: bytes, proven: Workload | None) -> Excha
     headers = adopt(pairs, None)
     x = Exchange(headers, peer=proven)
     body = x.request.buffer()
-    if request.body:
-        body.add(b"".join(request.body))
+    for chunk in request.body:  # joined once, only if a plugin reads the body
+        body.add(chunk)
     # Envoy marks a body cut at max_request_bytes with this header.
     body.complete = headers.get("x-envoy-auth-partial-body") != "true"
     return x
