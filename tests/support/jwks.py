@@ -95,6 +95,7 @@ class JwksServer:
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
         self.status = 200
+        self.delay = 0.0  # seconds each answer is held back (a slow issuer)
         self.fetches = 0  # requests received...
         self.answers = 0  # ...and answered
         self._lock = threading.Lock()
@@ -109,7 +110,10 @@ class JwksServer:
                     server.fetches += 1
                     body = json.dumps(server.document).encode()
                     status = server.status
+                    delay = server.delay
                     released, limit = server._released, server._hold_limit
+                if delay:
+                    time.sleep(delay)
                 released.wait(limit)
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
