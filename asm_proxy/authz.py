@@ -274,6 +274,8 @@ async def judge(
             return Decision(_IDENTITY_MISMATCH, None, None)
         x = exchange_for(proven)
         bind_exchange(x)
+        if observe.tracer is not None:
+            observe.trace(x, EXT_AUTHZ, None)
         plan = chain.select(x, authz_only=True)
         outcome: Respond | None = None
         hooks = plan.hooks[REQUEST_HEADERS]
@@ -300,6 +302,8 @@ async def judge(
         chain.release()
         if watching is not None:
             observe.stream_ended(watching, EXT_AUTHZ, x, end)
+        if x is not None and x.trace is not None:
+            observe.trace_ended(x, end)
 
 
 def _unanswerable(x: Exchange) -> Respond | None:
