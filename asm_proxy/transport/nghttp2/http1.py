@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -49,7 +50,9 @@ log = logging.getLogger("asm_proxy.transport.http1")
 
 METADATA_HEADER = "x-asm-proxy-md-"
 REMOVE_HEADER = b"x-envoy-auth-headers-to-remove"
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 503: b"Service Unavailable"}
+#: Every status Python knows, with its phrase; any other goes out with an empty one, which
+#: HTTP/1.1 allows (RFC 9112 4: the reason-phrase is optional and clients ignore it).
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 class Request:
@@ -66,7 +69,7 @@ class Request:
 def response(
     status: int, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool
 ) -> bytes:
-    reason = _REASONS.get(status, b"Status")
+    reason = _REASONS.get(status, b"")
     lines = [b"HTTP/1.1 %d %s" % (status, reason)]
     lines += [name + b": " + value for name, value in headers]
     lines.append(b"content-length: %d" % len(body))
@@ -166,7 +169,8 @@ class Http1Connection(asyncio.Protocol):
         if request.method == b"GET" and url == b"/healthz":
             serving = self.listener.services.health.status("") == SERVING
             status = 200 if serving else 503
-            return response(status, [], b"SERVING\n" if serving else b"NOT_SERVING\n", True)
+            body = b"SERVING\n" if serving else b"NOT_SERVING\n"
+            return response(status, [], body, request.keep_alive)
         return response(404, [], b"not found\n", request.keep_alive)
 
     async def _check(self, request: Request, path: bytes) -> bytes:
