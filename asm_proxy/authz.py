@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from asm_proxy import codec, observe
 from asm_proxy.caller import Caller
@@ -226,6 +226,8 @@ def allowed(x: Exchange, metadata: Mapping[str, Any] | None) -> auth.CheckRespon
 
 
 ExchangeFactory = Callable[[Workload | None], Exchange]
+#: What a transport sends back for a decision (a CheckResponse, the bytes of an HTTP answer).
+Answer = TypeVar("Answer")
 
 _IDENTITY_MISMATCH = Respond(403, body="workload identity mismatch\n")
 
@@ -244,12 +246,16 @@ async def judge(
     configured: Workload | None,
     exchange_for: ExchangeFactory,
     caller: Caller,
+    answer: Callable[[Decision], Answer],
     *,
     pseudo_headers: bool = True,
-) -> Decision:
-    """Run the AUTHN and AUTHZ plugins on one check, whatever it came over: `configured`
-    is the workload Envoy's config names (context extensions; None over HTTP),
-    `exchange_for(proven)` makes the exchange once the caller's proven identity is known.
+) -> Answer:
+    """Run the AUTHN and AUTHZ plugins on one check, whatever it came over, and return
+    `answer(decision)`: `configured` is the workload Envoy's config names (context
+    extensions; None over HTTP), `exchange_for(proven)` makes the exchange once the
+    caller's proven identity is known. The answer is built here, so a decision that cannot
+    be put on the wire (metadata no Struct or JSON holds) is counted as asm-proxy's
+    failure, not as allowed or denied.
     Without `pseudo_headers` (an answer that cannot rewrite them) a check its plugins
     allow but whose pseudo-headers they change is refused, and counted so: letting the
     request through unchanged would forward what a plugin meant to remove.
@@ -270,8 +276,9 @@ async def judge(
         if conflict is not None:
             log.warning("Check refused: %s", conflict)
             counters.identity_refusals += 1
+            refusal = answer(Decision(_IDENTITY_MISMATCH, None, None))
             end = StreamEnd.DENIED
-            return Decision(_IDENTITY_MISMATCH, None, None)
+            return refusal
         x = exchange_for(proven)
         bind_exchange(x)
         plan = chain.select(x, authz_only=True)
@@ -286,13 +293,14 @@ async def judge(
             outcome = _unanswerable(x)
         x.undo.commit()
         metadata = flat_metadata(x, settings.metadata_namespace)
+        reply = answer(Decision(outcome, x, metadata))
         if outcome is not None:
             counters.authz_denied += 1
             x.immediate_status = outcome.status
             end = StreamEnd.DENIED
         else:
             end = StreamEnd.ALLOWED
-        return Decision(outcome, x, metadata)
+        return reply
     except Exception:
         end = StreamEnd.INTERNAL_ERROR  # the caller logs it and ends the check
         raise
@@ -317,12 +325,17 @@ async def decide(
 ) -> auth.CheckResponse:
     """A gRPC Check: the plugins' decision as the CheckResponse Envoy gets."""
     configured = workload_of_check(request)
-    decision = await judge(
+    return await judge(
         state,
         configured,
         lambda proven: exchange_of_check(request, proven, configured),
         caller,
+        check_response,
     )
+
+
+def check_response(decision: Decision) -> auth.CheckResponse:
+    """The CheckResponse Envoy gets for a decision."""
     if decision.respond is not None:
         return denied(decision.respond, decision.metadata)
     assert decision.exchange is not None

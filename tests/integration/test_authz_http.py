@@ -1,20 +1,90 @@
 """ext_authz over plain HTTP/1.1 (Envoy's http_service, served by the nghttp2 transport):
-what the answers say, byte for byte, straight from asm-proxy on one kept connection."""
+through real Envoy next to gRPC, and straight from asm-proxy on one kept connection (what
+the answers say, byte for byte)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from asm_proxy import faults
+from asm_proxy.envoy_bootstrap import ASM_PROXY_HTTP_CLUSTER, ExtAuthz
+from asm_proxy.metrics.serving import families
+from asm_proxy.observe import EXT_AUTHZ, StreamEnd
+from tests.integration.conftest import StackFactory
 from tests.support import http1
 from tests.support.background import ServerThread
 
 CONFIG = """
 plugins:
   - {name: gate, type: 'tests.support.plugins:Gate', phase: AUTHN}
+  - name: bad-metadata
+    type: 'tests.support.plugins:BadMetadata'
+    phase: AUTHZ
+    match: [{paths: [{prefix: /bad-metadata}]}]
+  - name: bad-denial
+    type: 'tests.support.plugins:BadDenial'
+    phase: AUTHZ
+    match: [{paths: [{prefix: /bad-header}]}]
 """
+#: Checks whose answer cannot be built: metadata JSON cannot hold, a header value no
+#: encoding can send.
+UNBUILDABLE = ["/bad-metadata", "/bad-header"]
+CHECK_ENDS = (StreamEnd.ALLOWED, StreamEnd.DENIED, StreamEnd.INTERNAL_ERROR)
+
+
+@pytest.fixture
+def internal_faults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh throttle for asm-proxy's own faults: earlier tests' faults cannot have used
+    up this period's lines."""
+    fresh = faults.Throttle(faults.log, logging.ERROR, "internal errors")
+    monkeypatch.setattr(faults, "internal", fresh)
+
+
+def checks_ended() -> dict[StreamEnd, float]:
+    """ext_authz checks so far (the server runs in this process), by how they ended."""
+    return {end: families().end_cells[EXT_AUTHZ, end].value for end in CHECK_ENDS}
+
+
+def grown(before: dict[StreamEnd, float]) -> dict[StreamEnd, float]:
+    return {end: value - before[end] for end, value in checks_ended().items()}
+
+
+def fault_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "failed inside asm-proxy" in r.getMessage()]
+
+
+@pytest.mark.parametrize("path", UNBUILDABLE)
+@pytest.mark.usefixtures("internal_faults")
+def test_an_answer_that_cannot_be_built_is_an_internal_error(
+    stack: StackFactory, over: ExtAuthz, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The plugins allow (or deny) but the answer cannot be put on the wire: asm-proxy
+    answers at once with its own failure (INTERNAL over gRPC, 500 over HTTP: never a wait
+    for Envoy's timeout), logs it once with the traceback, counts the check as an internal
+    error (not allowed, not denied), and serves on. Envoy denies with status_on_error."""
+    s = stack(CONFIG, ext_authz=over, use_ext_proc=False)
+    before = checks_ended()
+    with caplog.at_level(logging.ERROR, logger=faults.log.name):
+        reply = s.get(path, headers={"x-allow": "yes"})
+    assert reply.status_code == 403  # Envoy's status_on_error
+    assert s.envoy.stats("http.ingress.ext_authz.")["http.ingress.ext_authz.error"] == 1
+    if over.http_prefix is not None:
+        cluster = f"cluster.{ASM_PROXY_HTTP_CLUSTER}."
+        stats = s.envoy.stats(cluster)
+        assert stats[cluster + "upstream_rq_500"] == 1
+        assert stats.get(cluster + "upstream_rq_timeout", 0) == 0
+    assert grown(before) == {
+        StreamEnd.ALLOWED: 0,
+        StreamEnd.DENIED: 0,
+        StreamEnd.INTERNAL_ERROR: 1,
+    }
+    (line,) = fault_lines(caplog)
+    assert line.levelno == logging.ERROR and line.exc_info is not None
+    assert s.get("/", headers={"x-allow": "yes"}).status_code == 200
 
 
 @pytest.fixture
@@ -58,3 +128,23 @@ def test_healthz_honours_connection_close(server: ServerThread) -> None:
         assert (last.status, last.body) == (200, b"SERVING\n")
         assert last.headers["connection"] == "close"
         assert conn.closed_by_server()
+
+
+@pytest.mark.usefixtures("internal_faults")
+def test_an_internal_error_is_answered_and_the_connection_serves_on(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Straight from asm-proxy: each unbuildable answer is a 500 on the same kept
+    connection (the reads give up after 5 s, so a missing answer fails rather than
+    hangs), and the next check on that connection is answered as usual."""
+    with (
+        caplog.at_level(logging.ERROR, logger=faults.log.name),
+        http1.Connection(port_of(server), timeout=5) as conn,
+    ):
+        for path in UNBUILDABLE:
+            failed = conn.request("GET", "/ext_authz" + path, headers=[("x-allow", "yes")])
+            assert (failed.status, failed.reason) == (500, b"Internal Server Error")
+            assert "connection" not in failed.headers
+        allowed = conn.request("GET", "/ext_authz/", headers=[("x-allow", "yes")])
+    assert allowed.status == 200
+    assert len(fault_lines(caplog)) == len(UNBUILDABLE)

@@ -274,6 +274,14 @@ class BadMetadata(Plugin):
         http.set_metadata("bad", object())
 
 
+class BadDenial(Plugin):
+    """Denies with a header value no encoding can send (a lone surrogate, which neither
+    UTF-8 nor surrogateescape holds): the failure is asm-proxy's, building the answer."""
+
+    def on_request_headers(self, http: Http) -> Respond:
+        return Respond(403, body="denied\n", headers={"x-unsendable": "\ud800"})
+
+
 class HoardConfig(PluginConfig):
     kib_per_request: int = 256
 

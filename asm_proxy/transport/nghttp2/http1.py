@@ -177,18 +177,20 @@ class Http1Connection(asyncio.Protocol):
         services = self.listener.services
         state = services.state
         caller = self._caller(request) if state.settings.proves_peers else NOBODY
+        keep_alive = request.keep_alive
         try:
-            decision = await authz.judge(
+            return await authz.judge(
                 state,
                 None,
                 lambda proven: exchange_of(request, path, proven),
                 caller,
+                lambda decision: http_answer(decision, keep_alive),
                 pseudo_headers=False,  # an HTTP answer cannot rewrite :path
             )
         except Exception as exc:
+            # The request was read whole: the connection stays good for the next one.
             faults.internal_fault("ext_authz check over HTTP", exc)
-            return response(500, [], b"asm-proxy internal error; see its log\n", False)
-        return http_answer(decision, request.keep_alive)
+            return response(500, [], b"asm-proxy internal error; see its log\n", keep_alive)
 
     def _caller(self, request: Request) -> Caller:
         sans = self._sans
