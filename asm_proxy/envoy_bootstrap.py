@@ -114,9 +114,11 @@ class ExtAuthz:
             "transport_api_version": "V3",
             "failure_mode_allow": self.failure_mode_allow,
         }
+        # Header values byte for byte, over HTTP as over gRPC (without it Envoy sends the
+        # HTTP service "!" for each byte that is not UTF-8).
+        config["encode_raw_headers"] = True
         if self.http_prefix is None:
             config["grpc_service"] = grpc_service(timeout=self.timeout, retries=self.retries)
-            config["encode_raw_headers"] = True
         else:
             config["http_service"] = {
                 "server_uri": {

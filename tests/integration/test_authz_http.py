@@ -4,6 +4,7 @@ the answers say, byte for byte)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,43 @@ def test_an_answer_that_cannot_be_built_is_an_internal_error(
     (line,) = fault_lines(caplog)
     assert line.levelno == logging.ERROR and line.exc_info is not None
     assert s.get("/", headers={"x-allow": "yes"}).status_code == 200
+
+
+COPY = """
+plugins:
+  - {name: copy, type: 'tests.support.plugins:CopyHeader', phase: AUTHZ}
+"""
+TEXT = "née ✓"  # CopyHeader's own value
+
+
+@pytest.mark.parametrize(
+    ("sent", "utf8"), [(b"Jos\xc3\xa9", True), (b"a\xffb", False)], ids=["utf-8", "not-utf-8"]
+)
+def test_header_values_read_and_go_back_as_over_grpc(
+    stack: StackFactory, over: ExtAuthz, sent: bytes, utf8: bool
+) -> None:
+    """A plugin reads a header value as the same text over both transports (UTF-8, a byte
+    that is not UTF-8 kept as a surrogate); what it sets or answers goes out as UTF-8, and
+    the value it copies goes out as the bytes that came in, allowed or denied. The one
+    exception is Envoy's: a CheckResponse carries header values as UTF-8 text only (it
+    ignores raw_value), so over gRPC a value that is not UTF-8 arrives empty."""
+    over = dataclasses.replace(over, upstream_headers=("x-out", "x-out-repr", "x-out-text"))
+    s = stack(COPY, ext_authz=over, use_ext_proc=False)
+    read = sent.decode("utf-8", "surrogateescape")
+    copied = sent if utf8 or over.http_prefix is not None else b""
+    echo = {"x-echo-body": "ok"}  # the echo upstream cannot describe a surrogate in JSON
+    allowed = s.get("/", headers={"x-in": sent, **echo})
+    assert allowed.status_code == 200
+    seen = s.seen("a")
+    assert seen.header("x-out-repr") == ascii(read)
+    assert seen.header("x-out-text") == TEXT
+    assert seen.header("x-out") == copied.decode("utf-8", "surrogateescape")
+    denied = s.get("/", headers={"x-in": sent, "x-deny": "1"})
+    assert denied.status_code == 403
+    raw = dict(denied.headers.raw)
+    assert raw[b"x-out-repr"] == ascii(read).encode()
+    assert raw[b"x-out-text"] == TEXT.encode()
+    assert raw[b"x-out"] == copied
 
 
 @pytest.fixture

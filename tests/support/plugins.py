@@ -312,3 +312,31 @@ class Ballast(Plugin):
 
     def on_request_headers(self, http: Http) -> None:
         return None
+
+
+class CopyHeaderConfig(PluginConfig):
+    source: str = "x-in"
+    target: str = "x-out"
+    text: str = "née ✓"  # a non-ASCII value of the plugin's own
+    deny_header: str = "x-deny"
+
+
+class CopyHeader(Plugin):
+    """Shows how a header value reads and how it goes back out: `target` gets `source`'s
+    value, `target-repr` its `ascii()` (what the plugin saw, code point by code point),
+    `target-text` the plugin's own `text`; with `deny_header` present, the same headers go
+    into a 403 instead."""
+
+    Config = CopyHeaderConfig
+
+    def on_request_headers(self, http: Http) -> Respond | None:
+        value = http.request.headers.get(self.config.source)
+        if value is None:
+            return None
+        target = self.config.target
+        out = {target: value, target + "-repr": ascii(value), target + "-text": self.config.text}
+        if self.config.deny_header in http.request.headers:
+            return Respond(403, body="copied\n", headers=out)
+        for name, text in out.items():
+            http.request.headers.set(name, text)
+        return None

@@ -36,6 +36,7 @@ import orjson
 
 from asm_proxy import authz, faults
 from asm_proxy.caller import NOBODY, Caller
+from asm_proxy.envoy_headers import decode_value, encode_value
 from asm_proxy.exchange import Exchange
 from asm_proxy.headers import HeaderAction, adopt, take_ops
 from asm_proxy.health import SERVING
@@ -203,13 +204,15 @@ def exchange_of(request: Request, path: bytes, proven: Workload | None) -> Excha
     """The exchange a check asks about, as `authz.exchange_of_check` makes it from a
     CheckRequest: the request's headers (pseudo-headers from its method, path and host)
     and body; the workload is what mTLS or a trusted XFCC proves (HTTP carries no
-    context extensions)."""
+    context extensions). Values are decoded as the gRPC path decodes Envoy's raw header
+    values (UTF-8, any other byte kept by surrogateescape), so a plugin reads the same
+    text over both and an answer gives back the bytes it was sent."""
     pairs: dict[str, list[str]] = {
-        ":method": [request.method.decode("latin-1")],
-        ":path": [path.decode("latin-1")],
+        ":method": [decode_value(request.method)],
+        ":path": [decode_value(path)],
     }
     for name, value in request.headers:
-        pairs.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+        pairs.setdefault(name.decode("latin-1"), []).append(decode_value(value))
     host = pairs.get("host")
     if host:
         pairs[":authority"] = host[:1]
@@ -230,7 +233,7 @@ def http_answer(decision: authz.Decision, keep_alive: bool) -> bytes:
     ]
     respond = decision.respond
     if respond is not None:
-        headers = [(k.encode(), v.encode()) for k, v in respond.header_pairs()]
+        headers = [(k.encode(), encode_value(v)) for k, v in respond.header_pairs()]
         if respond.details:
             metadata.append(((METADATA_HEADER + "details").encode(), orjson.dumps(respond.details)))
         return response(respond.status, headers + metadata, respond.body_bytes(), keep_alive)
@@ -246,7 +249,7 @@ def http_answer(decision: authz.Decision, keep_alive: bool) -> bytes:
             if action is HeaderAction.REMOVE:
                 removed.append(name)
             else:
-                headers.append((name.encode(), value.encode("latin-1", "replace")))
+                headers.append((name.encode(), encode_value(value)))
     if removed:
         headers.append((REMOVE_HEADER, ",".join(removed).encode()))
     return response(200, headers + metadata, b"", keep_alive)
