@@ -105,7 +105,8 @@ class ExtAuthz:
     #: Ask over plain HTTP (Envoy's http_service) with this path prefix instead of gRPC
     #: (asm-proxy's `httpAuthzPrefix`; the nghttp2 transport serves it on the same address).
     http_prefix: str | None = None
-    #: Over HTTP: the response headers Envoy copies to the upstream request (exact names).
+    #: Over HTTP: the response headers Envoy copies to the upstream request (exact names):
+    #: every header a plugin sets, appends to or adds if absent.
     upstream_headers: tuple[str, ...] = ("x-user", "x-groups", "x-tenant", "x-consumer")
 
     def filter(self) -> dict[str, Any]:

@@ -125,6 +125,51 @@ def test_header_values_read_and_go_back_as_over_grpc(
     assert raw[b"x-out"] == copied
 
 
+OPS = """
+plugins:
+  - name: ops
+    type: 'tests.support.plugins:HeaderOps'
+    phase: AUTHZ
+    config:
+      ops:
+        - [append, x-a, appended]
+        - [set, x-b, one]
+        - [append, x-b, two]
+        - [add_if_absent, x-c, added]
+        - [add_if_absent, x-d, added]
+        - [set, x-e, set]
+        - [remove, x-f, '']
+        - [append, cookie, b=2]
+"""
+
+
+def test_every_header_action_has_its_effect_upstream(stack: StackFactory, over: ExtAuthz) -> None:
+    """Append, set then append, add-if-absent (present and absent), set over two values,
+    remove, append to a cookie: the upstream gets the same request over HTTP as over gRPC
+    (an append keeps what the client sent, it does not overwrite it)."""
+    names = ("x-a", "x-b", "x-c", "x-d", "x-e", "cookie")
+    s = stack(OPS, ext_authz=dataclasses.replace(over, upstream_headers=names), use_ext_proc=False)
+    sent = [
+        ("x-a", "client"),
+        ("x-c", "client"),
+        ("x-e", "client-1"),
+        ("x-e", "client-2"),
+        ("x-f", "client"),
+        ("cookie", "a=1"),
+    ]
+    assert s.get("/", headers=sent).status_code == 200
+    seen = s.seen("a")
+    assert {name: seen.header_values(name) for name in (*names, "x-f")} == {
+        "x-a": ["client,appended"],
+        "x-b": ["one,two"],
+        "x-c": ["client"],
+        "x-d": ["added"],
+        "x-e": ["set"],
+        "cookie": ["a=1; b=2"],
+        "x-f": [],
+    }
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerThread]:
     path = tmp_path / "config.yaml"

@@ -340,3 +340,22 @@ class CopyHeader(Plugin):
         for name, text in out.items():
             http.request.headers.set(name, text)
         return None
+
+
+class HeaderOpsConfig(PluginConfig):
+    #: [action, name, value]: action is set, append, add_if_absent or remove.
+    ops: list[tuple[str, str, str]] = Field(default_factory=list)
+
+
+class HeaderOps(Plugin):
+    """Applies `ops` to the request headers in order: each header action a plugin has."""
+
+    Config = HeaderOpsConfig
+
+    def on_request_headers(self, http: Http) -> None:
+        headers = http.request.headers
+        for action, name, value in self.config.ops:
+            if action == "remove":
+                headers.remove(name)
+            else:
+                getattr(headers, action)(name, value)

@@ -7,10 +7,11 @@ sniffs them). llhttp (httptools) parses; each request is answered in order:
   headers `allowed_headers` lets through, the body with `with_request_body`): an ext_authz
   check. It becomes the exchange a gRPC Check would make and goes through the same
   decision (`authz.judge`: the AUTHN and AUTHZ plugins, identity checks included), so both
-  paths allow and deny alike; no protobuf on the way. Allowed: 200, the headers to add
-  upstream as response headers (Envoy's `allowed_upstream_headers` picks them), the
-  headers to remove in `x-envoy-auth-headers-to-remove`. Denied: the plugin's status,
-  headers and body.
+  paths allow and deny alike; no protobuf on the way. Allowed: 200, each header the
+  plugins changed with its whole new value as a response header (Envoy's
+  `allowed_upstream_headers` overwrites the request's with it: `upstream_headers` says
+  why), the headers to remove in `x-envoy-auth-headers-to-remove`. Denied: the plugin's
+  status, headers and body.
 - `GET /healthz`: 200 while serving, 503 once draining (an HTTP health check for the
   cluster Envoy's http_service calls).
 - anything else: 404.
@@ -38,7 +39,7 @@ from asm_proxy import authz, faults
 from asm_proxy.caller import NOBODY, Caller
 from asm_proxy.envoy_headers import decode_value, encode_value
 from asm_proxy.exchange import Exchange
-from asm_proxy.headers import HeaderAction, adopt, take_ops
+from asm_proxy.headers import Headers, adopt, take_ops
 from asm_proxy.health import SERVING
 from asm_proxy.identity import Workload
 from asm_proxy.stats import counters
@@ -51,6 +52,8 @@ log = logging.getLogger("asm_proxy.transport.http1")
 
 METADATA_HEADER = "x-asm-proxy-md-"
 REMOVE_HEADER = b"x-envoy-auth-headers-to-remove"
+#: How Envoy joins an appended value to the one there (RFC 6265 5.4: one cookie line).
+_JOINERS = {"cookie": "; "}
 #: Every status Python knows, with its phrase; any other goes out with an empty one, which
 #: HTTP/1.1 allows (RFC 9112 4: the reason-phrase is optional and clients ignore it).
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -238,18 +241,35 @@ def http_answer(decision: authz.Decision, keep_alive: bool) -> bytes:
             metadata.append(((METADATA_HEADER + "details").encode(), orjson.dumps(respond.details)))
         return response(respond.status, headers + metadata, respond.body_bytes(), keep_alive)
     assert decision.exchange is not None
-    recorded = decision.exchange.request.headers
-    ops = take_ops(recorded) if recorded is not None else {}
+    headers = upstream_headers(decision.exchange.request.headers)
+    return response(200, headers + metadata, b"", keep_alive)
+
+
+def upstream_headers(recorded: Headers | None) -> list[tuple[bytes, bytes]]:
+    """The plugins' changes to the upstream request, as an allowed answer's headers.
+
+    Envoy's http_service applies a header of the answer by its name alone, as its config
+    says for that name (`allowed_upstream_headers`: overwrite,
+    `allowed_upstream_headers_to_append`: add a line), never as one answer means it, and
+    has no add-if-absent. So each changed header goes as its whole value after the
+    plugins' changes, joined as Envoy joins an append: overwriting with it has the effect
+    of every set, append and add_if_absent. That needs the values the request already
+    had, which Envoy sent with the check (`allowed_headers` lets them through). Removed
+    headers go in `x-envoy-auth-headers-to-remove`."""
+    if recorded is None:
+        return []
+    ops = take_ops(recorded)
     # judge(pseudo_headers=False) refused a check whose plugins rewrote a pseudo-header.
     assert not any(name.startswith(":") for name in ops), "pseudo-header rewrite over HTTP"
     headers = []
     removed = []
-    for name, name_ops in ops.items():
-        for action, value in name_ops:
-            if action is HeaderAction.REMOVE:
-                removed.append(name)
-            else:
-                headers.append((name.encode(), encode_value(value)))
+    for name in ops:
+        values = recorded.get_all(name)
+        if values:
+            joined = _JOINERS.get(name, ",").join(values)
+            headers.append((name.encode(), encode_value(joined)))
+        else:
+            removed.append(name)
     if removed:
         headers.append((REMOVE_HEADER, ",".join(removed).encode()))
-    return response(200, headers + metadata, b"", keep_alive)
+    return headers
