@@ -231,3 +231,21 @@ def test_an_internal_error_is_answered_and_the_connection_serves_on(
         allowed = conn.request("GET", "/ext_authz/", headers=[("x-allow", "yes")])
     assert allowed.status == 200
     assert len(fault_lines(caplog)) == len(UNBUILDABLE)
+
+
+def test_a_reload_moves_the_check_prefix(tmp_path: Path) -> None:
+    """httpAuthzPrefix changed by a reload applies to the next check, on a connection
+    opened before the reload too; the old prefix is then an unknown path."""
+    path = tmp_path / "config.yaml"
+    path.write_text("httpAuthzPrefix: /old\nplugins: []\n")
+    server = ServerThread(path, transport="nghttp2")
+    try:
+        with http1.Connection(port_of(server), timeout=5) as conn:
+            assert conn.request("GET", "/old/x").status == 200
+            path.write_text("httpAuthzPrefix: /new\nplugins: []\n")
+            assert server.reload()
+            assert conn.request("GET", "/new/x").status == 200
+            assert conn.request("GET", "/old/x").status == 404
+        assert http1.request(port_of(server), "GET", "/new/x", timeout=5).status == 200
+    finally:
+        server.stop()

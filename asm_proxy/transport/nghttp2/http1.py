@@ -27,6 +27,7 @@ with what the plugin meant to remove.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from http import HTTPStatus
@@ -91,8 +92,6 @@ class Http1Connection(asyncio.Protocol):
         self._request: Request | None = None
         self._queue: deque[Request] = deque()
         self._busy = False
-        prefix = listener.settings.http_authz_prefix.rstrip("/")
-        self._prefix = prefix.encode()
         self._sans: tuple[str, ...] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -167,7 +166,7 @@ class Http1Connection(asyncio.Protocol):
 
     async def _answer(self, request: Request) -> bytes:
         url = request.url
-        prefix = self._prefix
+        prefix = _target_prefix(self.listener.services.state.settings.http_authz_prefix)
         if url.startswith(prefix) and (len(url) == len(prefix) or url[len(prefix)] in b"/?"):
             return await self._check(request, url[len(prefix) :] or b"/")
         if request.method == b"GET" and url == b"/healthz":
@@ -201,6 +200,13 @@ class Http1Connection(asyncio.Protocol):
         if sans is None:
             sans = self._sans = self.listener.peer_sans(self.transport)
         return caller_of(sans, request.headers)
+
+
+@functools.lru_cache(maxsize=4)
+def _target_prefix(http_authz_prefix: str) -> bytes:
+    """`httpAuthzPrefix` as a check's request target starts with it. Read from the running
+    settings at each request, so a reload that changes it applies to the next check."""
+    return http_authz_prefix.rstrip("/").encode()
 
 
 def exchange_of(request: Request, path: bytes, proven: Workload | None) -> Exchange:
