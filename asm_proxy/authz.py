@@ -21,7 +21,15 @@ from asm_proxy.chain import run_hooks
 from asm_proxy.envoy_headers import decode_header_map, encode_value
 from asm_proxy.events import REQUEST_BODY, REQUEST_HEADERS
 from asm_proxy.exchange import Exchange
-from asm_proxy.headers import HeaderAction, HeaderOp, Headers, adopt, pending_names, take_ops
+from asm_proxy.headers import (
+    HeaderAction,
+    HeaderOp,
+    Headers,
+    adopt,
+    checked_pair,
+    pending_names,
+    take_ops,
+)
 from asm_proxy.identity import Workload
 from asm_proxy.logs import bind_exchange
 from asm_proxy.observe import EXT_AUTHZ, StreamEnd
@@ -178,12 +186,19 @@ class Decision:
     metadata: dict[str, Any] | None
 
 
+def denied_headers(respond: Respond) -> list[tuple[str, str]]:
+    """A denial's headers, refused (ValueError) when a name or value could not be set
+    through Headers: Envoy's ext_authz hands a CR or LF in them to the client as it is,
+    so "a\r\nx-injected: 1" would add a header of its own (ext_proc drops such a header)."""
+    return [checked_pair(key, value) for key, value in respond.header_pairs()]
+
+
 def _joined_header_ops(respond: Respond) -> dict[str, list[HeaderOp]]:
     """Envoy's ext_authz keeps one value per name in a denied response, so repeated names
     travel as one comma-joined field (RFC 9110 5.3); set-cookie cannot be joined and keeps
     only its first value."""
     values: dict[str, list[str]] = {}
-    for key, value in respond.header_pairs():
+    for key, value in denied_headers(respond):
         values.setdefault(key, []).append(value)
     ops: dict[str, list[HeaderOp]] = {}
     for key, vals in values.items():

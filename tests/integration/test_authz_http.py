@@ -30,10 +30,22 @@ plugins:
     type: 'tests.support.plugins:BadDenial'
     phase: AUTHZ
     match: [{paths: [{prefix: /bad-header}]}]
+  - name: split-denial
+    type: 'tests.support.plugins:BadDenial'
+    phase: AUTHZ
+    config: {value: "a\\r\\nx-injected: 1"}
+    match: [{paths: [{prefix: /split-header}]}]
+  - name: split-metadata
+    type: 'tests.support.plugins:SetMetadata'
+    phase: AUTHZ
+    config: {values: {"a\\r\\nx-injected": "1"}}
+    match: [{paths: [{prefix: /split-metadata}]}]
 """
 #: Checks whose answer cannot be built: metadata JSON cannot hold, a header value no
-#: encoding can send.
-UNBUILDABLE = ["/bad-metadata", "/bad-header"]
+#: encoding can send, a header value that would add a header of its own.
+UNBUILDABLE = ["/bad-metadata", "/bad-header", "/split-header"]
+#: ...and over HTTP only, a metadata key that would (a header name there).
+UNBUILDABLE_OVER_HTTP = [*UNBUILDABLE, "/split-metadata"]
 CHECK_ENDS = (StreamEnd.ALLOWED, StreamEnd.DENIED, StreamEnd.INTERNAL_ERROR)
 
 
@@ -72,6 +84,7 @@ def test_an_answer_that_cannot_be_built_is_an_internal_error(
     with caplog.at_level(logging.ERROR, logger=faults.log.name):
         reply = s.get(path, headers={"x-allow": "yes"})
     assert reply.status_code == 403  # Envoy's status_on_error
+    assert "x-injected" not in reply.headers
     assert s.envoy.stats("http.ingress.ext_authz.")["http.ingress.ext_authz.error"] == 1
     if over.http_prefix is not None:
         cluster = f"cluster.{ASM_PROXY_HTTP_CLUSTER}."
@@ -224,13 +237,14 @@ def test_an_internal_error_is_answered_and_the_connection_serves_on(
         caplog.at_level(logging.ERROR, logger=faults.log.name),
         http1.Connection(port_of(server), timeout=5) as conn,
     ):
-        for path in UNBUILDABLE:
+        for path in UNBUILDABLE_OVER_HTTP:
             failed = conn.request("GET", "/ext_authz" + path, headers=[("x-allow", "yes")])
             assert (failed.status, failed.reason) == (500, b"Internal Server Error")
             assert "connection" not in failed.headers
+            assert "x-injected" not in failed.headers
         allowed = conn.request("GET", "/ext_authz/", headers=[("x-allow", "yes")])
     assert allowed.status == 200
-    assert len(fault_lines(caplog)) == len(UNBUILDABLE)
+    assert len(fault_lines(caplog)) == len(UNBUILDABLE_OVER_HTTP)
 
 
 def test_a_reload_moves_the_check_prefix(tmp_path: Path) -> None:

@@ -274,12 +274,19 @@ class BadMetadata(Plugin):
         http.set_metadata("bad", object())
 
 
+class BadDenialConfig(PluginConfig):
+    value: str = "\ud800"
+
+
 class BadDenial(Plugin):
-    """Denies with a header value no encoding can send (a lone surrogate, which neither
-    UTF-8 nor surrogateescape holds): the failure is asm-proxy's, building the answer."""
+    """Denies with a header value asm-proxy cannot send: by default a lone surrogate,
+    which neither UTF-8 nor surrogateescape holds (the failure is asm-proxy's, building the
+    answer)."""
+
+    Config = BadDenialConfig
 
     def on_request_headers(self, http: Http) -> Respond:
-        return Respond(403, body="denied\n", headers={"x-unsendable": "\ud800"})
+        return Respond(403, body="denied\n", headers={"x-unsendable": self.config.value})
 
 
 class HoardConfig(PluginConfig):

@@ -40,7 +40,7 @@ from asm_proxy import authz, faults
 from asm_proxy.caller import NOBODY, Caller
 from asm_proxy.envoy_headers import decode_value, encode_value
 from asm_proxy.exchange import Exchange
-from asm_proxy.headers import Headers, adopt, take_ops
+from asm_proxy.headers import Headers, adopt, checked_pair, take_ops
 from asm_proxy.health import SERVING
 from asm_proxy.identity import Workload
 from asm_proxy.stats import counters
@@ -236,13 +236,16 @@ def exchange_of(request: Request, path: bytes, proven: Workload | None) -> Excha
 
 
 def http_answer(decision: authz.Decision, keep_alive: bool) -> bytes:
+    """The HTTP/1.1 answer to a check; raises (ValueError, TypeError) when the decision
+    cannot be written: a header name or value that would break the framing, metadata
+    JSON cannot hold."""
     metadata = [
-        ((METADATA_HEADER + key).encode(), orjson.dumps(value))
+        (checked_pair(METADATA_HEADER + key, "")[0].encode(), orjson.dumps(value))
         for key, value in (decision.metadata or {}).items()
     ]
     respond = decision.respond
     if respond is not None:
-        headers = [(k.encode(), encode_value(v)) for k, v in respond.header_pairs()]
+        headers = [(k.encode(), encode_value(v)) for k, v in authz.denied_headers(respond)]
         if respond.details:
             metadata.append(((METADATA_HEADER + "details").encode(), orjson.dumps(respond.details)))
         return response(respond.status, headers + metadata, respond.body_bytes(), keep_alive)
