@@ -269,8 +269,8 @@ async def judge(
     `answer(decision)`: `configured` is the workload Envoy's config names (context
     extensions; None over HTTP), `exchange_for(proven)` makes the exchange once the
     caller's proven identity is known. The answer is built here, so a decision that cannot
-    be put on the wire (metadata no Struct or JSON holds) is counted as asm-proxy's
-    failure, not as allowed or denied.
+    be put on the wire (metadata no Struct or JSON holds, a header `denied_headers`
+    refuses) is counted as asm-proxy's failure, not as allowed or denied.
     Without `pseudo_headers` (an answer that cannot rewrite them) a check its plugins
     allow but whose pseudo-headers they change is refused, and counted so: letting the
     request through unchanged would forward what a plugin meant to remove.
