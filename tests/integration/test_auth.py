@@ -19,7 +19,7 @@ from typing import Any
 import bcrypt
 import pytest
 
-from asm_proxy.envoy_bootstrap import ExtAuthz
+from asm_proxy.envoy_bootstrap import ExtAuthz, ExtProc
 from asm_proxy.transport.nghttp2.http1 import METADATA_HEADER
 from tests.integration.conftest import Stack, StackFactory
 from tests.support.jwks import AUDIENCE, ISSUER, JwksServer, claims, jwks, rsa_key
@@ -258,9 +258,15 @@ def test_key_rotation_while_requests_flow(
 ) -> None:
     """The issuer publishes a new key and signs with it while requests keep coming: every
     request passes, the first new-kid token makes asm-proxy fetch the set again; once the
-    old key is withdrawn, its tokens are refused after the next refresh."""
+    old key is withdrawn, its tokens are refused after the next refresh.
+
+    The request that meets the new kid waits for the fetch: on a loaded machine that can
+    outlast Envoy's default 200 ms, which would be Envoy's timeout, not a refused key;
+    this test is about the keys, so Envoy waits longer."""
     kw: dict[str, Any] = (
-        {"ext_authz": ExtAuthz(), "use_ext_proc": False} if path == "ext_authz" else {}
+        {"ext_authz": ExtAuthz(timeout="5s"), "use_ext_proc": False}
+        if path == "ext_authz"
+        else {"ext_proc": ExtProc(message_timeout="5s")}
     )
     s = stack(config(idp, tmp_path, refresh="300ms"), **kw)
     tokens = {kid: rsa_key(kid).sign(claims()) for kid in ("k1", "k2")}  # signed once

@@ -226,26 +226,28 @@ class RemoteJwks:
             self._inflight = asyncio.get_running_loop().create_task(self._fetch())
         return asyncio.shield(self._inflight)
 
-    async def refetch_for_unknown_kid(self, wait: float) -> bool:
-        """Fetch again because a token named an unknown kid, unless such a fetch was made
-        less than `min_refetch_interval` ago (periodic refreshes do not count: a key
+    async def refetch_for_unknown_kid(self, wait: float, kid: str | None) -> bool:
+        """Fetch again because a token named an unknown `kid`, unless such a fetch was
+        made less than `min_refetch_interval` ago (periodic refreshes do not count: a key
         published just after one must not wait for the next); True if a fetch was made
         (or joined) and succeeded within `wait` seconds. A slower fetch goes on for the
-        requests after this one."""
+        requests after this one.
+
+        A fetch already under way is joined, but it may have read the set before the
+        key was published: if it brings no `kid`, one fetch of our own follows."""
+        deadline = time.monotonic() + wait
         inflight = self._inflight
-        if inflight is None or inflight.done():
-            now = time.monotonic()
-            if now - self._last_kid_refetch < self.min_refetch_interval:
+        if inflight is not None and not inflight.done():
+            if not await _within(inflight, deadline):
                 return False
-            self._last_kid_refetch = now
-            self.kid_refetches += 1
-            self.refresh()
-            inflight = self._inflight
-        assert inflight is not None
-        try:
-            return await asyncio.wait_for(asyncio.shield(inflight), wait)
-        except TimeoutError:
+            if kid is None or (self.keys is not None and kid in self.keys.by_kid):
+                return True
+        now = time.monotonic()
+        if now - self._last_kid_refetch < self.min_refetch_interval:
             return False
+        self._last_kid_refetch = now
+        self.kid_refetches += 1
+        return await _within(self.refresh(), deadline)
 
     async def _fetch(self) -> bool:
         client = self._client
@@ -278,3 +280,12 @@ class RemoteJwks:
         if old != keys.kids():
             self.log.info("JWKS %s: now %d key(s), kids %s", self.uri, len(keys.keys), keys.kids())
         return True
+
+
+async def _within(fetch: asyncio.Future[bool], deadline: float) -> bool:
+    """The fetch's result if it ends by `deadline` (time.monotonic()), else False; the
+    fetch goes on either way."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(fetch), max(deadline - time.monotonic(), 0))
+    except TimeoutError:
+        return False

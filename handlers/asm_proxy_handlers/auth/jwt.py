@@ -179,7 +179,7 @@ class Provider:
         if (
             not found
             and self.remote is not None
-            and await self.remote.refetch_for_unknown_kid(self.config.key_fetch_wait)
+            and await self.remote.refetch_for_unknown_kid(self.config.key_fetch_wait, kid)
         ):
             keys = self.keys
             found = list(keys.candidates(kid, alg)) if keys else []

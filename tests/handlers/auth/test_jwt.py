@@ -375,3 +375,35 @@ def test_verified_cache_is_bounded_and_can_be_off(
         off.new_exchange()
         allowed(off.request_headers(bearer(a)))
     assert verified == [a, a]
+
+
+def test_a_new_kid_during_a_fetch_that_read_the_old_set(hosts: Hosts) -> None:
+    """A refresh is under way and has already read the old set when the issuer publishes
+    a new key and a token signed with it arrives: the request joins that fetch, finds no
+    key, and fetches once more instead of refusing a valid token."""
+    server = JwksServer(jwks(rsa_key("k1")))
+    try:
+        # The message deadline (180 ms) bounds the wait: the old set's answer is held back
+        # 80 ms, the second fetch is immediate.
+        host = hosts({"jwt": {"providers": [provider(server.url, keyFetchWait="1s")]}})
+        host.request_headers({})  # started with k1
+        remote = plugin_of(host).providers["idp"].remote
+        assert remote is not None
+        server.delay = 0.08
+        fetches = server.fetches
+
+        async def refresh() -> None:
+            remote.refresh()
+
+        host.run(refresh())
+        give_up = time.monotonic() + 5
+        while server.fetches == fetches:  # the issuer has answered with the old set
+            assert time.monotonic() < give_up
+            host.run(asyncio.sleep(0.01))
+        server.serve(jwks(rsa_key("k1"), rsa_key("k2")))
+        server.delay = 0.0
+        host.new_exchange()
+        allowed(host.request_headers(bearer(rsa_key("k2").sign(claims()))))
+        assert remote.kid_refetches == 1
+    finally:
+        server.stop()
