@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from asm_proxy import codec, observe
 from asm_proxy.caller import Caller
@@ -21,7 +21,15 @@ from asm_proxy.chain import run_hooks
 from asm_proxy.envoy_headers import decode_header_map, encode_value
 from asm_proxy.events import REQUEST_BODY, REQUEST_HEADERS
 from asm_proxy.exchange import Exchange
-from asm_proxy.headers import HeaderAction, HeaderOp, Headers, adopt, pending_names, take_ops
+from asm_proxy.headers import (
+    HeaderAction,
+    HeaderOp,
+    Headers,
+    adopt,
+    checked_pair,
+    pending_names,
+    take_ops,
+)
 from asm_proxy.identity import Workload
 from asm_proxy.logs import bind_exchange
 from asm_proxy.observe import EXT_AUTHZ, StreamEnd
@@ -178,12 +186,19 @@ class Decision:
     metadata: dict[str, Any] | None
 
 
+def denied_headers(respond: Respond) -> list[tuple[str, str]]:
+    """A denial's headers, refused (ValueError) when a name or value could not be set
+    through Headers: Envoy's ext_authz hands a CR or LF in them to the client as it is,
+    so "a\r\nx-injected: 1" would add a header of its own (ext_proc drops such a header)."""
+    return [checked_pair(key, value) for key, value in respond.header_pairs()]
+
+
 def _joined_header_ops(respond: Respond) -> dict[str, list[HeaderOp]]:
     """Envoy's ext_authz keeps one value per name in a denied response, so repeated names
     travel as one comma-joined field (RFC 9110 5.3); set-cookie cannot be joined and keeps
     only its first value."""
     values: dict[str, list[str]] = {}
-    for key, value in respond.header_pairs():
+    for key, value in denied_headers(respond):
         values.setdefault(key, []).append(value)
     ops: dict[str, list[HeaderOp]] = {}
     for key, vals in values.items():
@@ -226,6 +241,8 @@ def allowed(x: Exchange, metadata: Mapping[str, Any] | None) -> auth.CheckRespon
 
 
 ExchangeFactory = Callable[[Workload | None], Exchange]
+#: What a transport sends back for a decision (a CheckResponse, the bytes of an HTTP answer).
+Answer = TypeVar("Answer")
 
 _IDENTITY_MISMATCH = Respond(403, body="workload identity mismatch\n")
 
@@ -244,12 +261,16 @@ async def judge(
     configured: Workload | None,
     exchange_for: ExchangeFactory,
     caller: Caller,
+    answer: Callable[[Decision], Answer],
     *,
     pseudo_headers: bool = True,
-) -> Decision:
-    """Run the AUTHN and AUTHZ plugins on one check, whatever it came over: `configured`
-    is the workload Envoy's config names (context extensions; None over HTTP),
-    `exchange_for(proven)` makes the exchange once the caller's proven identity is known.
+) -> Answer:
+    """Run the AUTHN and AUTHZ plugins on one check, whatever it came over, and return
+    `answer(decision)`: `configured` is the workload Envoy's config names (context
+    extensions; None over HTTP), `exchange_for(proven)` makes the exchange once the
+    caller's proven identity is known. The answer is built here, so a decision that cannot
+    be put on the wire (metadata no Struct or JSON holds, a header `denied_headers`
+    refuses) is counted as asm-proxy's failure, not as allowed or denied.
     Without `pseudo_headers` (an answer that cannot rewrite them) a check its plugins
     allow but whose pseudo-headers they change is refused, and counted so: letting the
     request through unchanged would forward what a plugin meant to remove.
@@ -270,10 +291,13 @@ async def judge(
         if conflict is not None:
             log.warning("Check refused: %s", conflict)
             counters.identity_refusals += 1
+            refusal = answer(Decision(_IDENTITY_MISMATCH, None, None))
             end = StreamEnd.DENIED
-            return Decision(_IDENTITY_MISMATCH, None, None)
+            return refusal
         x = exchange_for(proven)
         bind_exchange(x)
+        if observe.tracer is not None:
+            observe.trace(x, EXT_AUTHZ, None)
         plan = chain.select(x, authz_only=True)
         outcome: Respond | None = None
         hooks = plan.hooks[REQUEST_HEADERS]
@@ -286,13 +310,14 @@ async def judge(
             outcome = _unanswerable(x)
         x.undo.commit()
         metadata = flat_metadata(x, settings.metadata_namespace)
+        reply = answer(Decision(outcome, x, metadata))
         if outcome is not None:
             counters.authz_denied += 1
             x.immediate_status = outcome.status
             end = StreamEnd.DENIED
         else:
             end = StreamEnd.ALLOWED
-        return Decision(outcome, x, metadata)
+        return reply
     except Exception:
         end = StreamEnd.INTERNAL_ERROR  # the caller logs it and ends the check
         raise
@@ -300,6 +325,8 @@ async def judge(
         chain.release()
         if watching is not None:
             observe.stream_ended(watching, EXT_AUTHZ, x, end)
+        if x is not None and x.trace is not None:
+            observe.trace_ended(x, end)
 
 
 def _unanswerable(x: Exchange) -> Respond | None:
@@ -317,12 +344,17 @@ async def decide(
 ) -> auth.CheckResponse:
     """A gRPC Check: the plugins' decision as the CheckResponse Envoy gets."""
     configured = workload_of_check(request)
-    decision = await judge(
+    return await judge(
         state,
         configured,
         lambda proven: exchange_of_check(request, proven, configured),
         caller,
+        check_response,
     )
+
+
+def check_response(decision: Decision) -> auth.CheckResponse:
+    """The CheckResponse Envoy gets for a decision."""
     if decision.respond is not None:
         return denied(decision.respond, decision.metadata)
     assert decision.exchange is not None

@@ -379,7 +379,7 @@ async def run_hooks(
     undo = exchange.undo
     done = exchange.done
     http = exchange.http
-    watching = observe.observers
+    watching = exchange.observers
     for hook in hooks:
         entry = hook.entry
         if done and (id(entry.plugin), hook.side) in done:
@@ -399,7 +399,7 @@ async def run_hooks(
             if entry.meter is not None:
                 entry.meter.record(hook.event, Outcome.SKIPPED, 0.0)
             if watching:
-                _after(_before(watching, hook, http), hook, Outcome.SKIPPED, 0.0, None)
+                _after(watching, _before(watching, hook, http), hook, Outcome.SKIPPED, 0.0, None)
             outcome = _failed(entry, "timeout")
             if outcome is not None:
                 return outcome
@@ -445,7 +445,7 @@ async def run_hooks(
             if meter is not None:
                 meter.record(hook.event, ended, took)
             if tokens:
-                _after(tokens, hook, ended, took, error)
+                _after(watching, tokens, hook, ended, took, error)
         if failure is None:
             if result is not None:
                 return result  # type: ignore[no-any-return]
@@ -475,9 +475,13 @@ def _failed(entry: Entry, reason: str) -> Respond | None:
 # -- observers: each call guarded, an observer that raises is dropped ----------------------
 
 
-def _drop(observer: observe.HookObserver) -> None:
+def _drop(observer: observe.HookObserver, watching: list[observe.HookObserver]) -> None:
+    """Remove `observer` for good: from the process-wide list and from the exchange's own
+    list, which may be another (a traced exchange's)."""
     log.exception("hook observer %r failed; it is removed", observer)
     observe.remove_observer(observer)
+    if observer in watching:
+        watching.remove(observer)
 
 
 Watched = list[tuple[observe.HookObserver, Any]]
@@ -485,13 +489,13 @@ Watched = list[tuple[observe.HookObserver, Any]]
 
 def _before(watching: list[observe.HookObserver], hook: Hook, http: Http) -> Watched:
     """Each observer that returned a token with its token (None: not interested in this
-    call, so no `after` either: an unsampled exchange costs tracing nothing more)."""
+    call, so no `after` either)."""
     tokens: Watched = []
     for observer in list(watching):
         try:
             token = observer.before(hook.entry, hook.event, http)
         except Exception:
-            _drop(observer)
+            _drop(observer, watching)
             continue
         if token is not None:
             tokens.append((observer, token))
@@ -499,6 +503,7 @@ def _before(watching: list[observe.HookObserver], hook: Hook, http: Http) -> Wat
 
 
 def _after(
+    watching: list[observe.HookObserver],
     tokens: Watched,
     hook: Hook,
     outcome: Outcome,
@@ -509,4 +514,4 @@ def _after(
         try:
             observer.after(token, hook.entry, hook.event, outcome, seconds, error)
         except Exception:
-            _drop(observer)
+            _drop(observer, watching)

@@ -347,7 +347,8 @@ class ServerSettings(Model):
     #: Largest gRPC message accepted or sent (a BUFFERED body travels in one message).
     max_message_bytes: int = 64 * 1024 * 1024
     #: Where Envoy's ext_authz `http_service` (its `path_prefix`) sends checks over plain
-    #: HTTP/1.1, on the same address as gRPC (nghttp2 transport only).
+    #: HTTP/1.1, on the same address as gRPC (nghttp2 transport only). A reload applies it
+    #: to the next check.
     http_authz_prefix: str = "/ext_authz"
     #: Streams one client connection may have open at once (HTTP/2 SETTINGS); Envoy opens
     #: another connection beyond it, or is refused (REFUSED_STREAM) if it does not.

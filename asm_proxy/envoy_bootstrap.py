@@ -105,7 +105,8 @@ class ExtAuthz:
     #: Ask over plain HTTP (Envoy's http_service) with this path prefix instead of gRPC
     #: (asm-proxy's `httpAuthzPrefix`; the nghttp2 transport serves it on the same address).
     http_prefix: str | None = None
-    #: Over HTTP: the response headers Envoy copies to the upstream request (exact names).
+    #: Over HTTP: the response headers Envoy copies to the upstream request (exact names):
+    #: every header a plugin sets, appends to or adds if absent.
     upstream_headers: tuple[str, ...] = ("x-user", "x-groups", "x-tenant", "x-consumer")
 
     def filter(self) -> dict[str, Any]:
@@ -114,9 +115,11 @@ class ExtAuthz:
             "transport_api_version": "V3",
             "failure_mode_allow": self.failure_mode_allow,
         }
+        # Header values byte for byte, over HTTP as over gRPC (without it Envoy sends the
+        # HTTP service "!" for each byte that is not UTF-8).
+        config["encode_raw_headers"] = True
         if self.http_prefix is None:
             config["grpc_service"] = grpc_service(timeout=self.timeout, retries=self.retries)
-            config["encode_raw_headers"] = True
         else:
             config["http_service"] = {
                 "server_uri": {

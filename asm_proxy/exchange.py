@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from asm_proxy import observe
 from asm_proxy.body import Body
 from asm_proxy.direction import Direction
 from asm_proxy.events import Side
@@ -56,6 +57,11 @@ class Exchange:
     #: The status asm-proxy answered the client with itself (an immediate response, an
     #: ext_authz denial), 0 if none: for metrics, traces and logs.
     immediate_status = 0
+    #: Told about each hook call of this exchange: the process-wide observers, unless
+    #: the exchange was given its own list (a traced one: the tracer's added).
+    observers: list[observe.HookObserver] = observe.observers
+    #: The exchange's trace, if the tracer decided to trace it (`observe.trace`).
+    trace: observe.ExchangeTrace | None = None
 
     def __init__(
         self, request_headers: Headers | None = None, *, peer: Workload | None = None

@@ -315,6 +315,13 @@ def record_into(headers: Headers, undo: UndoLog) -> None:
     headers._undo = undo
 
 
+def checked_pair(name: str, value: str) -> tuple[str, str]:
+    """(lower-case name, value) if a plugin could set them through Headers, else ValueError
+    naming them: for headers that never went through Headers (a Respond's)."""
+    key = _check_name(name)
+    return key, _check_value(key, value)
+
+
 def take_ops(headers: Headers) -> dict[str, list[HeaderOp]]:
     """Hand over the operations recorded since the last call and start afresh."""
     ops = headers._ops

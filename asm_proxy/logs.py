@@ -47,10 +47,6 @@ Format = Literal["auto", "json", "text"]
 #: The exchange being served in this task (an ext_proc stream, an ext_authz Check).
 current_exchange: ContextVar[Exchange | None] = ContextVar("asm_proxy_exchange", default=None)
 
-#: How the trace id of the current exchange is found when tracing records one (set by
-#: asm_proxy.tracing); returns None when it has none.
-trace_id_hook: list[Any] = []
-
 _worker: int | None = None
 
 _SECRETS = re.compile(
@@ -109,11 +105,8 @@ def _exchange_ids() -> Ids:
     if x is None:
         return _NO_IDS
     plugin = x.current.name or None if x.current is not None else None
-    trace_id = None
-    for hook in trace_id_hook:
-        trace_id = hook()
-    if trace_id is None:
-        trace_id = _trace_id_of_headers(x.request)
+    traced = x.trace  # a sampled exchange's span (asm_proxy.tracing)
+    trace_id = traced.trace_id() if traced is not None else _trace_id_of_headers(x.request)
     return plugin, _header(x.request, "x-request-id"), trace_id
 
 

@@ -4,10 +4,18 @@ each entry's cells, `Entry.meter`: an observer call per hook cost too much.)
 
 A hook observer is told before each hook runs and after it ends (with its outcome and how
 long it took), like pluggy's hook-call monitoring; a `before` that returns None gets no
-`after` for that call. A stream observer is told when an ext_proc stream or an ext_authz
-Check begins and ends. With no observer registered the loop pays one truth test per hook
-and services.py and authz.judge one per stream; observers are process-wide, so they
-outlive a chain swapped by a reload.
+`after` for that call. The hook loop reads the observers from the exchange
+(`Exchange.observers`): the process-wide list below, unless the exchange was given its
+own. A stream observer is told when an ext_proc stream or an ext_authz Check begins and
+ends. With no observer registered the loop pays one truth test per hook and services.py
+and authz.judge one per stream; observers are process-wide, so they outlive a chain
+swapped by a reload.
+
+The tracer is asked once per exchange, when the exchange is made and before any hook
+runs, whether to trace it. Nearly every exchange is not traced (its caller did not sample
+it), so that is the cheap answer: nothing is kept. A traced exchange gets its `trace`
+(ended with the exchange) and, in its own observer list, the tracer's hook observer; no
+other exchange pays a call per hook or per stream end for tracing.
 """
 
 from __future__ import annotations
@@ -155,3 +163,54 @@ def stream_ended(
 def _drop_stream_observer(observer: StreamObserver) -> None:
     _log.exception("stream observer %r failed; it is removed", observer)
     remove_stream_observer(observer)
+
+
+# -- the tracer: asked once per exchange, before its first hook ----------------------------
+
+
+class ExchangeTrace(Protocol):
+    """A traced exchange's trace (`Exchange.trace`): ended with the exchange."""
+
+    def trace_id(self) -> str:
+        """The trace id as logs print it (32 hex digits)."""
+        ...
+
+    def finish(self, exchange: Exchange, end: StreamEnd) -> None: ...
+
+
+class Tracer(Protocol):
+    def open(self, exchange: Exchange, service: str, wire: bytes | None) -> None:
+        """Decide whether `exchange` is traced, from its request's trace headers (`wire`:
+        the message that carried them as it came, when the caller has it, so they can be
+        read without decoding Envoy's header list); if so set `exchange.trace` and add
+        the hook observer to `exchange.observers`. May not raise."""
+        ...
+
+
+#: The installed tracer (asm_proxy.tracing), None without tracing: services.py, stream.py
+#: and authz.judge test it once per exchange.
+tracer: Tracer | None = None
+
+
+def trace(exchange: Exchange, service: str, wire: bytes | None) -> None:
+    """Ask the tracer about a new exchange (a tracer that raises is logged and removed)."""
+    global tracer
+    if tracer is None:
+        return
+    try:
+        tracer.open(exchange, service, wire)
+    except Exception:
+        _log.exception("tracer %r failed; tracing stops", tracer)
+        tracer = None
+
+
+def trace_ended(exchange: Exchange, end: StreamEnd) -> None:
+    """End a traced exchange's trace (called only when `exchange.trace` is set)."""
+    found = exchange.trace
+    exchange.trace = None
+    if found is None:
+        return
+    try:
+        found.finish(exchange, end)
+    except Exception:
+        _log.exception("trace %r failed to end", found)

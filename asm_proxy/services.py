@@ -122,7 +122,7 @@ class Services:
                     raise ProtocolError(
                         Code.INVALID_ARGUMENT, not_a(EXT_PROC_REQUEST, exc)
                     ) from None
-                reply = await stream.handle(msg)
+                reply = await stream.handle(msg, data)
                 if reply is None:
                     continue
                 if isinstance(reply, list):
@@ -152,9 +152,11 @@ class Services:
         finally:
             counters.streams_finished += 1
             chain.release()
+            exchange = stream.exchange if stream is not None else None
             if watching is not None:
-                exchange = stream.exchange if stream is not None else None
                 observe.stream_ended(watching, EXT_PROC, exchange, end)
+            if exchange is not None and exchange.trace is not None:
+                observe.trace_ended(exchange, end)
 
     async def check(self, request: bytes, call: Call) -> bytes | Status:
         try:

@@ -18,13 +18,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from asm_proxy import bodies, codec, modes, replies
+from asm_proxy import bodies, codec, modes, observe, replies
 from asm_proxy.chain import Chain, Plan, run_hooks
 from asm_proxy.direction import BodyMode, Direction, Stage
 from asm_proxy.events import BY_MESSAGE, REQUEST_HEADERS, Event
 from asm_proxy.exchange import Exchange, Http
 from asm_proxy.identity import Workload
 from asm_proxy.logs import bind_exchange
+from asm_proxy.observe import EXT_PROC
 from asm_proxy.plugin import Respond
 from asm_proxy.replies import CONTINUE, ModeKey, Reply
 from asm_proxy.stats import counters, message_kinds
@@ -109,7 +110,9 @@ class Stream:
 
     # -- entry point -------------------------------------------------------------------
 
-    async def handle(self, msg: ProcessingRequest) -> Reply:
+    async def handle(self, msg: ProcessingRequest, wire: bytes | None = None) -> Reply:
+        """Answer one message. `wire`: the message as it came, if the caller has it (the
+        tracer reads trace headers out of it without decoding Envoy's header list)."""
         kind = msg.WhichOneof("request")
         entry = _DISPATCH.get(kind) if kind is not None else None
         if entry is None:
@@ -124,7 +127,7 @@ class Stream:
         deadline = self._loop.time() + self.settings.deadline
         x = self.exchange
         if x is None:
-            x = self._start(msg, event)
+            x = self._start(msg, event, wire)
         if msg.attributes:
             attributes = msg.attributes
             x.add_attributes(lambda: codec.attributes_of(attributes))
@@ -141,7 +144,7 @@ class Stream:
             return None
         return reply
 
-    def _start(self, msg: ProcessingRequest, event: Event) -> Exchange:
+    def _start(self, msg: ProcessingRequest, event: Event, wire: bytes | None) -> Exchange:
         if msg.HasField("protocol_config"):
             config = msg.protocol_config
             self.configured = (config.request_body_mode, config.response_body_mode)
@@ -155,6 +158,8 @@ class Stream:
         if event is REQUEST_HEADERS:
             x.request.receive_headers(msg.request_headers.headers)
         self.exchange = x
+        if observe.tracer is not None:
+            observe.trace(x, EXT_PROC, wire)
         return x
 
     def _select(self, x: Exchange) -> Plan:

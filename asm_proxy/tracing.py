@@ -13,19 +13,21 @@ Configured by the standard OpenTelemetry environment variables, read when a serv
 Unlike the SDK's own default (otlp), no exporter is set up unless one is named: an
 unconfigured asm-proxy must not send spans to a collector that is not there.
 
-The exchange span (kind SERVER, named `ext_proc` or `ext_authz`) starts when the stream
-does, is parented from the request's trace headers, and is opened lazily — at the first
-hook, or at the end for an exchange no plugin ran on — because its parent is in headers
-that arrive with the first message. Its attributes follow the OpenTelemetry HTTP semantic
-conventions (`http.request.method`, `url.path` without the query, `server.address`,
+The exchange span (kind SERVER, named `ext_proc` or `ext_authz`) starts when the exchange
+does — with its first message, or the Check — and is parented from the request's trace
+headers. Its attributes follow the OpenTelemetry HTTP semantic conventions
+(`http.request.method`, `url.path` without the query, `server.address`,
 `http.response.status_code` for a response asm-proxy gave itself) plus `asm_proxy.end`
 (how the stream ended). A hook span is named `<plugin> <event>` and carries
 `asm_proxy.plugin.name`, `asm_proxy.plugin.type`, `asm_proxy.hook` and `asm_proxy.outcome`;
-a failed or overrunning hook's span has status ERROR and the exception recorded. An
-unsampled exchange makes no spans and no hook spans: it costs the sampler's decision.
+a failed or overrunning hook's span has status ERROR and the exception recorded.
 
-Both attach through the observer seams (asm_proxy.observe); with tracing off, neither is
-registered and the request path pays nothing.
+Tracing is the tracer of asm_proxy.observe: asked once per exchange, before its first
+hook. An unsampled exchange (nearly all of them) makes no span, keeps nothing and pays no
+call per hook: the decision is read off the message's bytes where it can be
+(asm_proxy.trace_headers) and taken without the SDK's sampler call where its answer is known
+(a parent that was not sampled, a trace id outside the ratio). Only a sampled exchange
+gets a span and this class as its hook observer. With tracing off nothing is installed.
 """
 
 from __future__ import annotations
@@ -33,9 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -59,48 +59,16 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from asm_proxy import __version__, logs, observe
-from asm_proxy.envoy_headers import decode_value
+from asm_proxy import __version__, observe
 from asm_proxy.observe import Outcome, StreamEnd
+from asm_proxy.trace_headers import DECLINED, NONE, parent_declined, trace_headers, verdict
 
 if TYPE_CHECKING:
     from asm_proxy.chain import Entry
-    from asm_proxy.direction import Direction
     from asm_proxy.events import Event
     from asm_proxy.exchange import Exchange, Http
 
 log = logging.getLogger("asm_proxy.tracing")
-
-
-#: The headers trace context travels in (W3C, B3 multi and single).
-TRACE_HEADERS = frozenset(
-    {
-        "traceparent",
-        "tracestate",
-        "b3",
-        "x-b3-traceid",
-        "x-b3-spanid",
-        "x-b3-parentspanid",
-        "x-b3-sampled",
-        "x-b3-flags",
-    }
-)
-
-
-def trace_headers(d: Direction) -> dict[str, str]:
-    """The trace headers of one side, without decoding the others (a plugin that only sets
-    headers never has Envoy's header map decoded; tracing must not make it)."""
-    headers = d.headers
-    if headers is not None:
-        return {k: v for k in TRACE_HEADERS if (v := headers.get(k)) is not None}
-    raw = d.raw_headers
-    found: dict[str, str] = {}
-    if raw is not None:
-        for h in raw.headers:
-            key = h.key
-            if key in TRACE_HEADERS:
-                found[key] = decode_value(h.raw_value) if h.raw_value else h.value
-    return found
 
 
 class _PresetIds(IdGenerator):
@@ -123,28 +91,31 @@ class _PresetIds(IdGenerator):
 
 
 class _Trace:
-    """One exchange's tracing state, kept in a context variable of the serving task."""
+    """A traced exchange's span (`Exchange.trace`), and the context its hook spans are
+    made in."""
 
-    __slots__ = ("decided", "service", "span", "start")
+    __slots__ = ("context", "span")
 
-    def __init__(self, service: str) -> None:
-        self.service = service
-        self.start = time.time_ns()
-        self.decided = False
-        self.span: Span | None = None  # None: not sampled (or not decided yet)
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.context = trace.set_span_in_context(span)
+
+    def trace_id(self) -> str:
+        return format(self.span.get_span_context().trace_id, "032x")
+
+    def finish(self, exchange: Exchange, end: StreamEnd) -> None:
+        span = self.span
+        span.set_attribute("asm_proxy.end", end.value)
+        status = exchange.immediate_status or _response_status(exchange)
+        if status:
+            span.set_attribute("http.response.status_code", status)
+        if end in (StreamEnd.INTERNAL_ERROR, StreamEnd.PROTOCOL_ERROR):
+            span.set_status(Status(StatusCode.ERROR, end.value))
+        span.end()
 
 
-_current: ContextVar[_Trace | None] = ContextVar("asm_proxy_trace", default=None)
 _ROOT = Context()
 _SAMPLED = frozenset({Decision.RECORD_AND_SAMPLE})
-
-
-def current_trace_id() -> str | None:
-    """The trace id of the exchange this task serves, if its span is recorded (for logs)."""
-    t = _current.get()
-    if t is None or t.span is None:
-        return None
-    return format(t.span.get_span_context().trace_id, "032x")
 
 
 def default_propagator() -> TextMapPropagator:
@@ -156,7 +127,8 @@ def default_propagator() -> TextMapPropagator:
 
 
 class Tracing:
-    """Spans for exchanges and hooks from `provider`, parents found by `propagator`."""
+    """Spans for exchanges and hooks from `provider`, parents found by `propagator`: the
+    tracer of asm_proxy.observe, and the hook observer of the exchanges it traces."""
 
     def __init__(
         self, provider: TracerProvider, propagator: TextMapPropagator | None = None
@@ -170,99 +142,70 @@ class Tracing:
         self.tracer.id_generator = self.ids  # type: ignore[attr-defined]
         self.propagator = propagator or default_propagator()
         self.roots_dropped = roots_dropped(self.sampler)
+        self.root_ratio = root_ratio(self.sampler)
         # The default propagators and a sampler that drops what the parent dropped: the
         # common unsampled case is then read off the headers, without either.
         self.obeys_parents = propagator is None and not os.environ.get("OTEL_PROPAGATORS")
         self.obeys_parents = self.obeys_parents and follows_unsampled_parents(self.sampler)
 
-    # -- the stream observer ------------------------------------------------------------
+    # -- the tracer: one decision per exchange ---------------------------------------------
 
-    def started(self, service: str) -> _Trace:
-        t = _Trace(service)
-        _current.set(t)
-        return t
-
-    def ended(
-        self,
-        token: Any,
-        service: str,
-        exchange: Exchange | None,
-        end: StreamEnd,
-        seconds: float,
-    ) -> None:
-        t: _Trace = token
-        if not t.decided and exchange is not None:
-            self._open(t, exchange)
-        span = t.span
-        if span is None:
-            return
-        span.set_attribute("asm_proxy.end", end.value)
-        if exchange is not None:
-            status = exchange.immediate_status or _response_status(exchange)
-            if status:
-                span.set_attribute("http.response.status_code", status)
-        if end in (StreamEnd.INTERNAL_ERROR, StreamEnd.PROTOCOL_ERROR):
-            span.set_status(Status(StatusCode.ERROR, end.value))
-        span.end()
-
-    def _open(self, t: _Trace, exchange: Exchange) -> None:
-        """Start the exchange span, parented from the request's trace headers, if the
-        sampler says so. It is asked first, so an unsampled exchange makes no span."""
-        t.decided = True
-        carrier = trace_headers(exchange.request)
+    def open(self, exchange: Exchange, service: str, wire: bytes | None) -> None:
+        """Start the exchange's span, parented from its request's trace headers, if the
+        sampler says so. The cheap answers come first, as the sampler would give them:
+        no trace headers and a sampler that drops roots (or a ratio the new trace id
+        misses), or a parent that was not sampled and a sampler that follows it. Only a
+        sampled exchange makes a span and gets hook spans."""
+        carrier: dict[str, str] | None = None
+        if wire is not None:
+            seen = verdict(wire)
+            if seen == NONE:
+                carrier = {}  # no header a parent is read from
+            elif seen == DECLINED and self.obeys_parents:
+                return
+        if carrier is None:
+            carrier = trace_headers(exchange.request)
         if not carrier:
             if self.roots_dropped:
-                return  # no parent, and the sampler never samples a root
-        elif self.obeys_parents and parent_declined(carrier):
-            return  # the caller did not sample its trace, and the sampler follows it
-        parent = self.propagator.extract(carrier) if carrier else _ROOT
-        parent_span = trace.get_current_span(parent).get_span_context()
-        if parent_span.is_valid:
-            trace_id = parent_span.trace_id
-        else:
+                return
             trace_id = self.ids.inner.generate_trace_id()
-        result = self.sampler.should_sample(parent, trace_id, t.service, SpanKind.SERVER)
+            ratio = self.root_ratio
+            if ratio is not None and trace_id & ratio.TRACE_ID_LIMIT >= ratio.bound:
+                return  # what TraceIdRatioBased answers for this id
+            parent, parent_valid = _ROOT, False
+        else:
+            if self.obeys_parents and parent_declined(carrier):
+                return
+            parent = self.propagator.extract(carrier)
+            parent_span = trace.get_current_span(parent).get_span_context()
+            parent_valid = parent_span.is_valid
+            ids = self.ids.inner
+            trace_id = parent_span.trace_id if parent_valid else ids.generate_trace_id()
+        result = self.sampler.should_sample(parent, trace_id, service, SpanKind.SERVER)
         if result.decision not in _SAMPLED:
             return
-        if not parent_span.is_valid:
+        if not parent_valid:
             self.ids.next = trace_id  # the root span gets the id the sampler judged
-        request = exchange.http.request
-        attributes: dict[str, str | int] = {
-            "rpc.system": "grpc",
-            "asm_proxy.service": t.service,
-        }
-        method = request.method
-        if method:
-            attributes["http.request.method"] = method
-        path = request.path_only
-        if path:
-            attributes["url.path"] = path
-        host = request.host
-        if host:
-            attributes["server.address"] = host
         span = self.tracer.start_span(
-            t.service,
+            service,
             context=parent,
             kind=SpanKind.SERVER,
-            attributes=attributes,
-            start_time=t.start,
+            attributes=_attributes(exchange, service),
         )
-        t.span = span if span.is_recording() else None
+        if not span.is_recording():
+            return
+        exchange.trace = _Trace(span)
+        exchange.observers = [*exchange.observers, self]
 
-    # -- the hook observer ----------------------------------------------------------------
+    # -- the hook observer of a traced exchange ----------------------------------------------
 
     def before(self, entry: Entry, event: Event, http: Http) -> Span | None:
-        t = _current.get()
-        if t is None:
-            return None
-        if not t.decided:
-            self._open(t, http._x)
-        parent = t.span
-        if parent is None:
+        traced = http._x.trace
+        if not isinstance(traced, _Trace):
             return None
         return self.tracer.start_span(
             f"{entry.name} {event.hook.removeprefix('on_')}",
-            context=trace.set_span_in_context(parent),
+            context=traced.context,
             attributes={
                 "asm_proxy.plugin.name": entry.name,
                 "asm_proxy.plugin.type": entry.type_name,
@@ -279,15 +222,39 @@ class Tracing:
         seconds: float,
         error: BaseException | None,
     ) -> None:
-        span: Span | None = token
-        if span is None:
-            return
+        span: Span = token
         span.set_attribute("asm_proxy.outcome", outcome.value)
         if outcome.failed:
             span.set_status(Status(StatusCode.ERROR, f"{outcome.value}"))
             if error is not None:
                 span.record_exception(error)
         span.end()
+
+
+def _attributes(exchange: Exchange, service: str) -> dict[str, str | int]:
+    """The exchange span's attributes (OpenTelemetry HTTP semantic conventions)."""
+    request = exchange.http.request
+    attributes: dict[str, str | int] = {"rpc.system": "grpc", "asm_proxy.service": service}
+    method = request.method
+    if method:
+        attributes["http.request.method"] = method
+    path = request.path_only
+    if path:
+        attributes["url.path"] = path
+    host = request.host
+    if host:
+        attributes["server.address"] = host
+    return attributes
+
+
+def root_ratio(sampler: Sampler) -> TraceIdRatioBased | None:
+    """The ratio sampler that decides an exchange without a parent, if that is how
+    `sampler` decides it (TraceIdRatioBased, or ParentBased with one as its root:
+    OTEL_TRACES_SAMPLER=parentbased_traceidratio): its answer is a comparison of the
+    trace id, made here without the SDK's call."""
+    if isinstance(sampler, ParentBased):
+        sampler = sampler._root
+    return sampler if isinstance(sampler, TraceIdRatioBased) else None
 
 
 def roots_dropped(sampler: Sampler) -> bool:
@@ -309,55 +276,6 @@ def follows_unsampled_parents(sampler: Sampler) -> bool:
     return isinstance(sampler, ParentBased) and sampler._remote_parent_not_sampled is ALWAYS_OFF
 
 
-def _hex(text: str, length: int) -> bool:
-    """`length` lower-case hex digits, not all zero (W3C and B3 ids)."""
-    if len(text) != length or (not text.islower() and not text.isdigit()):
-        return False
-    try:
-        return int(text, 16) != 0
-    except ValueError:
-        return False
-
-
-def parent_declined(carrier: dict[str, str]) -> bool:
-    """True only when the trace headers name a valid parent that was not sampled, as the
-    default propagators would read them (traceparent before b3 before x-b3-*). Anything
-    else (sampled, malformed, unusual) is False: the propagators and the sampler decide."""
-    parent = carrier.get("traceparent")
-    if parent is not None:
-        parts = parent.strip().split("-")
-        if (
-            len(parts) == 4
-            and parts[0] == "00"
-            and _hex(parts[1], 32)
-            and _hex(parts[2], 16)
-            and len(parts[3]) == 2
-        ):
-            try:
-                return not int(parts[3], 16) & 1
-            except ValueError:
-                return False
-        return False
-    single = carrier.get("b3")
-    if single is not None:
-        fields = single.strip().split("-")
-        return (
-            len(fields) in (3, 4)
-            and len(fields[0]) in (16, 32)
-            and _hex(fields[0], len(fields[0]))
-            and _hex(fields[1], 16)
-            and fields[2] == "0"
-        )
-    trace_id, span_id = carrier.get("x-b3-traceid", ""), carrier.get("x-b3-spanid", "")
-    return (
-        len(trace_id) in (16, 32)
-        and _hex(trace_id, len(trace_id))
-        and _hex(span_id, 16)
-        and carrier.get("x-b3-sampled") in ("0", "false")
-        and carrier.get("x-b3-flags") != "1"
-    )
-
-
 def _response_status(exchange: Exchange) -> int:
     """The response's :status, or 0 when no response headers came (without making an
     empty response side just to ask)."""
@@ -375,16 +293,8 @@ _installed: Tracing | None = None
 def install(tracing: Tracing | None) -> None:
     """Trace with `tracing` from now on (None: stop tracing)."""
     global _installed
-    old = _installed
-    if old is not None:
-        observe.remove_observer(old)
-        observe.remove_stream_observer(old)
-        logs.trace_id_hook.clear()
     _installed = tracing
-    if tracing is not None:
-        observe.add_stream_observer(tracing)
-        observe.add_observer(tracing)
-        logs.trace_id_hook.append(current_trace_id)
+    observe.tracer = tracing
 
 
 class TracingConfigError(ValueError):

@@ -86,6 +86,16 @@ class Stack:
 StackFactory = Callable[..., Stack]
 
 
+@pytest.fixture(params=["grpc", "http"])
+def over(request: pytest.FixtureRequest, transport: str) -> ExtAuthz:
+    """ext_authz over gRPC, and over plain HTTP (the nghttp2 transport's http_service)."""
+    if request.param == "http":
+        if transport != "nghttp2":
+            pytest.skip("ext_authz over HTTP is served by the nghttp2 transport")
+        return ExtAuthz(http_prefix="/ext_authz")
+    return ExtAuthz()
+
+
 @pytest.fixture
 def stack(tmp_path: Path, upstreams: Upstreams, transport: str) -> Iterator[StackFactory]:
     """stack(config_yaml, ext_proc=ExtProc(...), ext_authz=None, routes=None, ...) -> Stack

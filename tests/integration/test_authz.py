@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from asm_proxy.envoy_bootstrap import ExtAuthz
 from asm_proxy.stats import counters
 from asm_proxy.transport.nghttp2.http1 import METADATA_HEADER
@@ -16,16 +14,6 @@ plugins:
   - {name: gate, type: 'tests.support.plugins:Gate', phase: AUTHN}
   - {name: tag, type: headers, phase: STATS, config: {request: {set: {x-tag: '1'}}}}
 """
-
-
-@pytest.fixture(params=["grpc", "http"])
-def over(request: pytest.FixtureRequest, transport: str) -> ExtAuthz:
-    """ext_authz over gRPC, and over plain HTTP (the nghttp2 transport's http_service)."""
-    if request.param == "http":
-        if transport != "nghttp2":
-            pytest.skip("ext_authz over HTTP is served by the nghttp2 transport")
-        return ExtAuthz(http_prefix="/ext_authz")
-    return ExtAuthz()
 
 
 def test_allow_with_headers_and_metadata(stack: StackFactory, over: ExtAuthz) -> None:

@@ -25,6 +25,7 @@ from asm_proxy import tracing
 from asm_proxy.envoy_bootstrap import ExtAuthz, ExtProc, Route, Setup, bootstrap
 from asm_proxy.envoy_process import EnvoyProcess
 from asm_proxy.logs import JsonFormatter
+from asm_proxy.trace_headers import DECLINED, NONE, OTHER
 from tests.integration.conftest import StackFactory
 from tests.support.background import Upstreams
 from tests.support.serve import ServeProcess, wait_for
@@ -136,6 +137,31 @@ def test_an_unsampled_parent_makes_no_spans(
     s.get("/", headers={"traceparent": f"00-{'b' * 32}-{PARENT}-01"})
     finished = wait_spans(spans, 4)
     assert {format(span.context.trace_id, "032x") for span in finished} == {"b" * 32}
+
+
+def test_trace_headers_are_read_off_envoys_bytes(
+    stack: StackFactory, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The byte reading understands the messages Envoy really sends: no trace headers and
+    an unsampled parent (traceparent, B3) are answered from the bytes, and only what needs
+    the decoded headers goes on to them."""
+    answers: list[int] = []
+    real = tracing.verdict
+
+    def recording(data: bytes) -> int:
+        answers.append(real(data))
+        return answers[-1]
+
+    monkeypatch.setattr(tracing, "verdict", recording)
+    s = stack(CONFIG)
+    b3 = {"x-b3-traceid": TRACE, "x-b3-spanid": PARENT, "x-b3-sampled": "0"}
+    assert s.get("/", headers={"traceparent": f"00-{TRACE}-{PARENT}-00"}).status_code == 200
+    assert s.get("/", headers=b3).status_code == 200
+    assert s.get("/", headers={"b3": f"{TRACE}-{PARENT}-0"}).status_code == 200
+    assert s.get("/", headers={"user-agent": "b3-traceparent"}).status_code == 200
+    assert s.get("/", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"}).status_code == 200
+    assert by_name(wait_spans(spans, 4))["ext_proc"].context.trace_id == int(TRACE, 16)
+    assert answers == [DECLINED, DECLINED, DECLINED, NONE, OTHER]
 
 
 def test_a_failed_hook_and_the_log(

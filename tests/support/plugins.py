@@ -274,6 +274,21 @@ class BadMetadata(Plugin):
         http.set_metadata("bad", object())
 
 
+class BadDenialConfig(PluginConfig):
+    value: str = "\ud800"
+
+
+class BadDenial(Plugin):
+    """Denies with a header value asm-proxy cannot send: by default a lone surrogate,
+    which neither UTF-8 nor surrogateescape holds (the failure is asm-proxy's, building the
+    answer)."""
+
+    Config = BadDenialConfig
+
+    def on_request_headers(self, http: Http) -> Respond:
+        return Respond(403, body="denied\n", headers={"x-unsendable": self.config.value})
+
+
 class HoardConfig(PluginConfig):
     kib_per_request: int = 256
 
@@ -304,3 +319,50 @@ class Ballast(Plugin):
 
     def on_request_headers(self, http: Http) -> None:
         return None
+
+
+class CopyHeaderConfig(PluginConfig):
+    source: str = "x-in"
+    target: str = "x-out"
+    text: str = "née ✓"  # a non-ASCII value of the plugin's own
+    deny_header: str = "x-deny"
+
+
+class CopyHeader(Plugin):
+    """Shows how a header value reads and how it goes back out: `target` gets `source`'s
+    value, `target-repr` its `ascii()` (what the plugin saw, code point by code point),
+    `target-text` the plugin's own `text`; with `deny_header` present, the same headers go
+    into a 403 instead."""
+
+    Config = CopyHeaderConfig
+
+    def on_request_headers(self, http: Http) -> Respond | None:
+        value = http.request.headers.get(self.config.source)
+        if value is None:
+            return None
+        target = self.config.target
+        out = {target: value, target + "-repr": ascii(value), target + "-text": self.config.text}
+        if self.config.deny_header in http.request.headers:
+            return Respond(403, body="copied\n", headers=out)
+        for name, text in out.items():
+            http.request.headers.set(name, text)
+        return None
+
+
+class HeaderOpsConfig(PluginConfig):
+    #: [action, name, value]: action is set, append, add_if_absent or remove.
+    ops: list[tuple[str, str, str]] = Field(default_factory=list)
+
+
+class HeaderOps(Plugin):
+    """Applies `ops` to the request headers in order: each header action a plugin has."""
+
+    Config = HeaderOpsConfig
+
+    def on_request_headers(self, http: Http) -> None:
+        headers = http.request.headers
+        for action, name, value in self.config.ops:
+            if action == "remove":
+                headers.remove(name)
+            else:
+                getattr(headers, action)(name, value)

@@ -3,19 +3,29 @@ alone that an exchange is not sampled, the SDK's propagators and sampler drop it
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
     Decision,
     ParentBased,
+    Sampler,
     TraceIdRatioBased,
 )
 
-from asm_proxy import tracing
+from asm_proxy import observe, tracing
+from asm_proxy.loader import load_text
+from asm_proxy.observe import StreamEnd
+from asm_proxy.stream import Stream
+from asm_proxy.testing import messages
+from asm_proxy.trace_headers import parent_declined
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -54,7 +64,7 @@ def sdk_drops(carrier: dict[str, str]) -> bool:
     ],
 )
 def test_parent_declined(carrier: dict[str, str], declined: bool) -> None:
-    assert tracing.parent_declined(carrier) is declined
+    assert parent_declined(carrier) is declined
     if declined:
         assert sdk_drops(carrier)
 
@@ -108,7 +118,7 @@ def test_declined_only_when_the_sdk_drops(
         }.items()
         if v is not None
     }
-    if tracing.parent_declined(carrier):
+    if parent_declined(carrier):
         assert sdk_drops(carrier), carrier
 
 
@@ -142,3 +152,72 @@ def test_environment() -> None:
     assert made is not None and isinstance(made.provider, TracerProvider)
     assert made.provider.resource.attributes["service.name"] == "asm-proxy"
     made.provider.shutdown()
+
+
+@given(
+    trace_id=st.integers(0, 2**128 - 1),
+    rate=st.sampled_from([0.0, 1e-9, 0.01, 0.5, 0.999, 1.0]),
+    parent_based=st.booleans(),
+)
+def test_the_ratio_shortcut_is_the_samplers_answer(
+    trace_id: int, rate: float, parent_based: bool
+) -> None:
+    """A root's fate read off its trace id, as TraceIdRatioBased itself reads it."""
+    sampler = ParentBased(TraceIdRatioBased(rate)) if parent_based else TraceIdRatioBased(rate)
+    ratio = tracing.root_ratio(sampler)
+    assert ratio is not None
+    sdk = sampler.should_sample(None, trace_id, "ext_proc").decision is Decision.RECORD_AND_SAMPLE
+    assert (trace_id & ratio.TRACE_ID_LIMIT < ratio.bound) is sdk
+    assert tracing.root_ratio(ParentBased(ALWAYS_ON)) is None
+
+
+CONFIG = """
+plugins:
+  - name: tag
+    type: headers
+    config: {request: {set: {x-tag: '1'}}}
+"""
+
+
+Traced = tuple[bool, bool, list[str]]
+
+
+def traced(sampler: Sampler, headers: list[tuple[str, str]], wire: bool = True) -> Traced:
+    """One exchange through Stream.handle with tracing from `sampler` installed: whether
+    it got a trace, whether it got its own hook observers, the names of the spans made."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(tracing.Tracing(provider))
+    loaded = load_text("t.yaml", CONFIG)
+    msg = messages.request_headers([(":path", "/"), *headers], True)
+
+    async def main() -> Traced:
+        stream = Stream(loaded.chain, loaded.settings)
+        await stream.handle(msg, msg.SerializeToString() if wire else None)
+        x = stream.exchange
+        assert x is not None
+        seen = (x.trace is not None, x.observers is not observe.observers)
+        if x.trace is not None:
+            observe.trace_ended(x, StreamEnd.COMPLETE)
+        return (*seen, [span.name for span in exporter.get_finished_spans()])
+
+    try:
+        return asyncio.run(main())
+    finally:
+        tracing.install(None)
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("wire", [True, False])
+def test_only_a_sampled_exchange_gets_a_trace_and_hook_spans(wire: bool) -> None:
+    unsampled = [("traceparent", f"00-{TRACE}-{SPAN}-00")]
+    sampled = [("traceparent", f"00-{TRACE}-{SPAN}-01")]
+    ratio0 = ParentBased(TraceIdRatioBased(0.0))
+    assert traced(ratio0, unsampled, wire) == (False, False, [])
+    assert traced(ratio0, [], wire) == (False, False, [])
+    assert traced(ParentBased(ALWAYS_ON), unsampled, wire) == (False, False, [])
+    assert traced(ratio0, sampled, wire) == (True, True, ["tag request_headers", "ext_proc"])
+    # No parent: the root sampler decides (always on: traced; the ratio: by the id).
+    assert traced(ParentBased(ALWAYS_ON), [], wire)[0]
+    assert traced(TraceIdRatioBased(1.0), [], wire)[0]

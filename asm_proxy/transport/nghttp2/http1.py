@@ -7,10 +7,11 @@ sniffs them). llhttp (httptools) parses; each request is answered in order:
   headers `allowed_headers` lets through, the body with `with_request_body`): an ext_authz
   check. It becomes the exchange a gRPC Check would make and goes through the same
   decision (`authz.judge`: the AUTHN and AUTHZ plugins, identity checks included), so both
-  paths allow and deny alike; no protobuf on the way. Allowed: 200, the headers to add
-  upstream as response headers (Envoy's `allowed_upstream_headers` picks them), the
-  headers to remove in `x-envoy-auth-headers-to-remove`. Denied: the plugin's status,
-  headers and body.
+  paths allow and deny alike; no protobuf on the way. Allowed: 200, each header the
+  plugins changed with its whole new value as a response header (Envoy's
+  `allowed_upstream_headers` overwrites the request's with it: `upstream_headers` says
+  why), the headers to remove in `x-envoy-auth-headers-to-remove`. Denied: the plugin's
+  status, headers and body.
 - `GET /healthz`: 200 while serving, 503 once draining (an HTTP health check for the
   cluster Envoy's http_service calls).
 - anything else: 404.
@@ -26,8 +27,10 @@ with what the plugin meant to remove.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
+from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -35,8 +38,9 @@ import orjson
 
 from asm_proxy import authz, faults
 from asm_proxy.caller import NOBODY, Caller
+from asm_proxy.envoy_headers import decode_value, encode_value
 from asm_proxy.exchange import Exchange
-from asm_proxy.headers import HeaderAction, adopt, take_ops
+from asm_proxy.headers import Headers, adopt, checked_pair, take_ops
 from asm_proxy.health import SERVING
 from asm_proxy.identity import Workload
 from asm_proxy.stats import counters
@@ -49,7 +53,11 @@ log = logging.getLogger("asm_proxy.transport.http1")
 
 METADATA_HEADER = "x-asm-proxy-md-"
 REMOVE_HEADER = b"x-envoy-auth-headers-to-remove"
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 503: b"Service Unavailable"}
+#: How Envoy joins an appended value to the one there (RFC 6265 5.4: one cookie line).
+_JOINERS = {"cookie": "; "}
+#: Every status Python knows, with its phrase; any other goes out with an empty one, which
+#: HTTP/1.1 allows (RFC 9112 4: the reason-phrase is optional and clients ignore it).
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 class Request:
@@ -66,7 +74,7 @@ class Request:
 def response(
     status: int, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool
 ) -> bytes:
-    reason = _REASONS.get(status, b"Status")
+    reason = _REASONS.get(status, b"")
     lines = [b"HTTP/1.1 %d %s" % (status, reason)]
     lines += [name + b": " + value for name, value in headers]
     lines.append(b"content-length: %d" % len(body))
@@ -84,8 +92,6 @@ class Http1Connection(asyncio.Protocol):
         self._request: Request | None = None
         self._queue: deque[Request] = deque()
         self._busy = False
-        prefix = listener.settings.http_authz_prefix.rstrip("/")
-        self._prefix = prefix.encode()
         self._sans: tuple[str, ...] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -160,31 +166,34 @@ class Http1Connection(asyncio.Protocol):
 
     async def _answer(self, request: Request) -> bytes:
         url = request.url
-        prefix = self._prefix
+        prefix = _target_prefix(self.listener.services.state.settings.http_authz_prefix)
         if url.startswith(prefix) and (len(url) == len(prefix) or url[len(prefix)] in b"/?"):
             return await self._check(request, url[len(prefix) :] or b"/")
         if request.method == b"GET" and url == b"/healthz":
             serving = self.listener.services.health.status("") == SERVING
             status = 200 if serving else 503
-            return response(status, [], b"SERVING\n" if serving else b"NOT_SERVING\n", True)
+            body = b"SERVING\n" if serving else b"NOT_SERVING\n"
+            return response(status, [], body, request.keep_alive)
         return response(404, [], b"not found\n", request.keep_alive)
 
     async def _check(self, request: Request, path: bytes) -> bytes:
         services = self.listener.services
         state = services.state
         caller = self._caller(request) if state.settings.proves_peers else NOBODY
+        keep_alive = request.keep_alive
         try:
-            decision = await authz.judge(
+            return await authz.judge(
                 state,
                 None,
                 lambda proven: exchange_of(request, path, proven),
                 caller,
+                lambda decision: http_answer(decision, keep_alive),
                 pseudo_headers=False,  # an HTTP answer cannot rewrite :path
             )
         except Exception as exc:
+            # The request was read whole: the connection stays good for the next one.
             faults.internal_fault("ext_authz check over HTTP", exc)
-            return response(500, [], b"asm-proxy internal error; see its log\n", False)
-        return http_answer(decision, request.keep_alive)
+            return response(500, [], b"asm-proxy internal error; see its log\n", keep_alive)
 
     def _caller(self, request: Request) -> Caller:
         sans = self._sans
@@ -193,17 +202,26 @@ class Http1Connection(asyncio.Protocol):
         return caller_of(sans, request.headers)
 
 
+@functools.lru_cache(maxsize=4)
+def _target_prefix(http_authz_prefix: str) -> bytes:
+    """`httpAuthzPrefix` as a check's request target starts with it. Read from the running
+    settings at each request, so a reload that changes it applies to the next check."""
+    return http_authz_prefix.rstrip("/").encode()
+
+
 def exchange_of(request: Request, path: bytes, proven: Workload | None) -> Exchange:
     """The exchange a check asks about, as `authz.exchange_of_check` makes it from a
     CheckRequest: the request's headers (pseudo-headers from its method, path and host)
     and body; the workload is what mTLS or a trusted XFCC proves (HTTP carries no
-    context extensions)."""
+    context extensions). Values are decoded as the gRPC path decodes Envoy's raw header
+    values (UTF-8, any other byte kept by surrogateescape), so a plugin reads the same
+    text over both and an answer gives back the bytes it was sent."""
     pairs: dict[str, list[str]] = {
-        ":method": [request.method.decode("latin-1")],
-        ":path": [path.decode("latin-1")],
+        ":method": [decode_value(request.method)],
+        ":path": [decode_value(path)],
     }
     for name, value in request.headers:
-        pairs.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+        pairs.setdefault(name.decode("latin-1"), []).append(decode_value(value))
     host = pairs.get("host")
     if host:
         pairs[":authority"] = host[:1]
@@ -218,29 +236,49 @@ def exchange_of(request: Request, path: bytes, proven: Workload | None) -> Excha
 
 
 def http_answer(decision: authz.Decision, keep_alive: bool) -> bytes:
+    """The HTTP/1.1 answer to a check; raises (ValueError, TypeError) when the decision
+    cannot be written: a header name or value that would break the framing, metadata
+    JSON cannot hold."""
     metadata = [
-        ((METADATA_HEADER + key).encode(), orjson.dumps(value))
+        (checked_pair(METADATA_HEADER + key, "")[0].encode(), orjson.dumps(value))
         for key, value in (decision.metadata or {}).items()
     ]
     respond = decision.respond
     if respond is not None:
-        headers = [(k.encode(), v.encode()) for k, v in respond.header_pairs()]
+        headers = [(k.encode(), encode_value(v)) for k, v in authz.denied_headers(respond)]
         if respond.details:
             metadata.append(((METADATA_HEADER + "details").encode(), orjson.dumps(respond.details)))
         return response(respond.status, headers + metadata, respond.body_bytes(), keep_alive)
     assert decision.exchange is not None
-    recorded = decision.exchange.request.headers
-    ops = take_ops(recorded) if recorded is not None else {}
+    headers = upstream_headers(decision.exchange.request.headers)
+    return response(200, headers + metadata, b"", keep_alive)
+
+
+def upstream_headers(recorded: Headers | None) -> list[tuple[bytes, bytes]]:
+    """The plugins' changes to the upstream request, as an allowed answer's headers.
+
+    Envoy's http_service applies a header of the answer by its name alone, as its config
+    says for that name (`allowed_upstream_headers`: overwrite,
+    `allowed_upstream_headers_to_append`: add a line), never as one answer means it, and
+    has no add-if-absent. So each changed header goes as its whole value after the
+    plugins' changes, joined as Envoy joins an append: overwriting with it has the effect
+    of every set, append and add_if_absent. That needs the values the request already
+    had, which Envoy sent with the check (`allowed_headers` lets them through). Removed
+    headers go in `x-envoy-auth-headers-to-remove`."""
+    if recorded is None:
+        return []
+    ops = take_ops(recorded)
     # judge(pseudo_headers=False) refused a check whose plugins rewrote a pseudo-header.
     assert not any(name.startswith(":") for name in ops), "pseudo-header rewrite over HTTP"
     headers = []
     removed = []
-    for name, name_ops in ops.items():
-        for action, value in name_ops:
-            if action is HeaderAction.REMOVE:
-                removed.append(name)
-            else:
-                headers.append((name.encode(), value.encode("latin-1", "replace")))
+    for name in ops:
+        values = recorded.get_all(name)
+        if values:
+            joined = _JOINERS.get(name, ",").join(values)
+            headers.append((name.encode(), encode_value(joined)))
+        else:
+            removed.append(name)
     if removed:
         headers.append((REMOVE_HEADER, ",".join(removed).encode()))
-    return response(200, headers + metadata, b"", keep_alive)
+    return headers

@@ -1,0 +1,3 @@
+"""Typed face of the C extension `_trace_headers.c` (see asm_proxy/trace_headers.py)."""
+
+def verdict(data: bytes, /) -> int: ...
