@@ -279,7 +279,7 @@ async def judge(
     settings = state.settings
     chain.acquire()
     counters.authz_checks += 1
-    # The stream seam (metrics, traces): told here, where every transport's check passes.
+    # The stream seam (metrics): told here, where every transport's check passes.
     watching = observe.stream_started(EXT_AUTHZ) if observe.stream_observers else None
     x: Exchange | None = None
     end = StreamEnd.CANCELLED  # unless it gets further

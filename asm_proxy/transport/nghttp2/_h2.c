@@ -9,7 +9,11 @@
  * one event per request, per whole message and per end, in one list per read.
  *
  * Events (tuples):
- *   (REQUEST, stream_id, path: bytes, headers: list[(bytes, bytes)], grpc: bool)
+ *   (REQUEST, stream_id, path: bytes, xfcc: bytes | None, grpc: bool)
+ *                                             the one request header Python reads is
+ *                                             x-forwarded-client-cert (the caller's identity
+ *                                             behind a trusted proxy); the others are read
+ *                                             here (:path, content-type) or not at all
  *   (MESSAGE, stream_id, payload: bytes)      a whole length-prefixed gRPC message
  *   (DATA, stream_id, data: bytes)            a body chunk of a plain HTTP request
  *   (END, stream_id)                          the client ended its side (END_STREAM)
@@ -49,7 +53,8 @@ typedef struct stream {
     int finishing;       /* trailers to send once the queue is drained */
     int finished;        /* our side is done (trailers or END_STREAM queued) */
     int remote_ended;
-    PyObject *headers;   /* list of (name, value) while the request headers arrive */
+    int announced;       /* REQUEST was sent: Python knows of the stream */
+    PyObject *xfcc;      /* bytes: the first x-forwarded-client-cert, or NULL */
     PyObject *path;      /* bytes */
     /* gRPC message being received */
     unsigned char prefix[5];
@@ -101,7 +106,7 @@ static int buffer_append(buffer *b, const char *data, size_t len) {
 }
 
 static void stream_free(stream *s) {
-    Py_XDECREF(s->headers);
+    Py_XDECREF(s->xfcc);
     Py_XDECREF(s->path);
     Py_XDECREF(s->message);
     PyMem_Free(s->out.data);
@@ -124,11 +129,6 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     stream *s = PyMem_Calloc(1, sizeof(stream));
     if (s == NULL) goto fail;
     s->id = frame->hd.stream_id;
-    s->headers = PyList_New(0);
-    if (s->headers == NULL) {
-        PyMem_Free(s);
-        goto fail;
-    }
     s->next = self->streams;
     if (s->next != NULL) s->next->prev = s;
     self->streams = s;
@@ -149,7 +149,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         return 0; /* trailers of a request: nothing asm-proxy reads */
     }
     stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
-    if (s == NULL || s->headers == NULL) return 0;
+    if (s == NULL || s->announced) return 0;
     if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
         Py_XDECREF(s->path);
         s->path = PyBytes_FromStringAndSize((const char *)value, valuelen);
@@ -157,12 +157,11 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     } else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
         s->grpc = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
                   (valuelen == 16 || value[16] == '+' || value[16] == ';');
+    } else if (namelen == 23 && s->xfcc == NULL &&
+               memcmp(name, "x-forwarded-client-cert", 23) == 0) {
+        s->xfcc = PyBytes_FromStringAndSize((const char *)value, valuelen);
+        if (s->xfcc == NULL) goto fail;
     }
-    PyObject *pair = Py_BuildValue("(y#y#)", name, (Py_ssize_t)namelen, value, (Py_ssize_t)valuelen);
-    if (pair == NULL) goto fail;
-    int rc = PyList_Append(s->headers, pair);
-    Py_DECREF(pair);
-    if (rc < 0) goto fail;
     return 0;
 fail:
     self->failed = 1;
@@ -252,13 +251,15 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     case NGHTTP2_HEADERS: {
         stream *s = nghttp2_session_get_stream_user_data(session, id);
         if (s == NULL) return 0;
-        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST && s->headers != NULL) {
-            PyObject *headers = s->headers;
-            s->headers = NULL;
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST && !s->announced) {
+            s->announced = 1;
             PyObject *path = s->path ? s->path : Py_None;
+            PyObject *xfcc = s->xfcc ? s->xfcc : Py_None;
             Py_INCREF(path);
+            Py_INCREF(xfcc);
             Py_CLEAR(s->path);
-            if (add_event(self, Py_BuildValue("(iiNNO)", EV_REQUEST, id, path, headers,
+            Py_CLEAR(s->xfcc);
+            if (add_event(self, Py_BuildValue("(iiNNO)", EV_REQUEST, id, path, xfcc,
                                               s->grpc ? Py_True : Py_False)) < 0)
                 return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
@@ -298,7 +299,7 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
     stream *s = nghttp2_session_get_stream_user_data(session, stream_id);
     if (s == NULL) return 0;
     nghttp2_session_set_stream_user_data(session, stream_id, NULL);
-    int announced = s->headers == NULL; /* Python heard of it (REQUEST was sent) */
+    int announced = s->announced; /* Python heard of it (REQUEST was sent) */
     unlink_stream(self, s);
     stream_free(s);
     if (announced && add_event(self, Py_BuildValue("(iiI)", EV_CLOSED, stream_id, error_code)) < 0)

@@ -23,21 +23,11 @@ from asm_proxy.tls import XFCC_HEADER
 if TYPE_CHECKING:
     from asm_proxy.transport.nghttp2.connection import H2Connection
 
-Headers = list[tuple[bytes, bytes]]
-
-_XFCC = XFCC_HEADER.encode()
+XFCC = XFCC_HEADER.encode()
 
 
-def header(headers: Headers, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
-def caller_of(sans: tuple[str, ...], headers: Headers) -> Caller:
+def caller_of(sans: tuple[str, ...], xfcc: bytes | None) -> Caller:
     """Who calls, over HTTP/2 or HTTP/1.1: the certificate's SANs and any XFCC header."""
-    xfcc = header(headers, _XFCC)
     return Caller(sans=sans, xfcc=xfcc.decode("latin-1") if xfcc is not None else None)
 
 
@@ -54,17 +44,18 @@ def peer_name(transport: asyncio.BaseTransport | None) -> str:
 
 
 class GrpcCall:
-    """What every kind of call shares: its connection, stream and request headers."""
+    """What every kind of call shares: its connection, its stream, and the one request
+    header read (`xfcc`: x-forwarded-client-cert, for the caller's identity)."""
 
-    __slots__ = ("conn", "headers", "id")
+    __slots__ = ("conn", "id", "xfcc")
 
-    def __init__(self, conn: H2Connection, stream_id: int, headers: Headers) -> None:
+    def __init__(self, conn: H2Connection, stream_id: int, xfcc: bytes | None) -> None:
         self.conn = conn
         self.id = stream_id
-        self.headers = headers
+        self.xfcc = xfcc
 
     def caller(self) -> Caller:
-        return caller_of(self.conn.peer_sans(), self.headers)
+        return caller_of(self.conn.peer_sans(), self.xfcc)
 
     def peer(self) -> str:
         return self.conn.peer()
@@ -87,8 +78,8 @@ class StreamCall(GrpcCall):
 
     __slots__ = ("_ended", "_inbox", "_reset", "_waiter")
 
-    def __init__(self, conn: H2Connection, stream_id: int, headers: Headers) -> None:
-        super().__init__(conn, stream_id, headers)
+    def __init__(self, conn: H2Connection, stream_id: int, xfcc: bytes | None) -> None:
+        super().__init__(conn, stream_id, xfcc)
         self._inbox: deque[bytes] = deque()
         self._waiter: asyncio.Future[bytes | None] | None = None
         self._ended = False
@@ -149,9 +140,9 @@ class UnaryCall(GrpcCall):
     __slots__ = ("_count", "_handler", "_request")
 
     def __init__(
-        self, conn: H2Connection, stream_id: int, headers: Headers, handler: UnaryHandler
+        self, conn: H2Connection, stream_id: int, xfcc: bytes | None, handler: UnaryHandler
     ) -> None:
-        super().__init__(conn, stream_id, headers)
+        super().__init__(conn, stream_id, xfcc)
         self._handler = handler
         self._request: bytes | None = None
         self._count = 0
@@ -185,8 +176,8 @@ class WatchCall(GrpcCall):
 
     __slots__ = ("_request", "_task")
 
-    def __init__(self, conn: H2Connection, stream_id: int, headers: Headers) -> None:
-        super().__init__(conn, stream_id, headers)
+    def __init__(self, conn: H2Connection, stream_id: int, xfcc: bytes | None) -> None:
+        super().__init__(conn, stream_id, xfcc)
         self._request = b""
         self._task: asyncio.Task[None] | None = None
 

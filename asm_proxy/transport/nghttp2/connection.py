@@ -20,7 +20,6 @@ from asm_proxy.services import Services, client_fault
 from asm_proxy.status import Code, Status, encode_message
 from asm_proxy.transport.nghttp2.calls import (
     GrpcCall,
-    Headers,
     StreamCall,
     UnaryCall,
     WatchCall,
@@ -159,22 +158,22 @@ class H2Connection(asyncio.Protocol):
 
     # -- calls -------------------------------------------------------------------------
 
-    def _request(self, stream_id: int, path: bytes | None, headers: Headers, grpc: bool) -> None:
+    def _request(self, stream_id: int, path: bytes | None, xfcc: bytes | None, grpc: bool) -> None:
         if not grpc:
             self.session.respond(
                 stream_id, 415, [(b"content-type", b"text/plain")], b"gRPC only here\n"
             )
             return
         if path == PROCESS:
-            call: GrpcCall = StreamCall(self, stream_id, headers)
+            call: GrpcCall = StreamCall(self, stream_id, xfcc)
             self.calls[stream_id] = call
             self.spawn(self._process(call))  # type: ignore[arg-type]
         elif path == CHECK:
-            self.calls[stream_id] = UnaryCall(self, stream_id, headers, self._check)
+            self.calls[stream_id] = UnaryCall(self, stream_id, xfcc, self._check)
         elif path == HEALTH:
-            self.calls[stream_id] = UnaryCall(self, stream_id, headers, self._health)
+            self.calls[stream_id] = UnaryCall(self, stream_id, xfcc, self._health)
         elif path == WATCH:
-            self.calls[stream_id] = WatchCall(self, stream_id, headers)
+            self.calls[stream_id] = WatchCall(self, stream_id, xfcc)
         else:
             name = (path or b"").decode("latin-1")
             self.finish(stream_id, Status(Code.UNIMPLEMENTED, f"unknown method {name}"))

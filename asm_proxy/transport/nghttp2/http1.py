@@ -44,7 +44,7 @@ from asm_proxy.headers import Headers, adopt, checked_pair, take_ops
 from asm_proxy.health import SERVING
 from asm_proxy.identity import Workload
 from asm_proxy.stats import counters
-from asm_proxy.transport.nghttp2.calls import caller_of, peer_name
+from asm_proxy.transport.nghttp2.calls import XFCC, caller_of, peer_name
 
 if TYPE_CHECKING:
     from asm_proxy.transport.nghttp2.server import Listener
@@ -199,7 +199,8 @@ class Http1Connection(asyncio.Protocol):
         sans = self._sans
         if sans is None:
             sans = self._sans = self.listener.peer_sans(self.transport)
-        return caller_of(sans, request.headers)
+        xfcc = next((value for name, value in request.headers if name == XFCC), None)
+        return caller_of(sans, xfcc)
 
 
 @functools.lru_cache(maxsize=4)
