@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
-import time
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,14 @@ class Mesh:
     def log(self) -> str:
         return "".join(self.replica.log) if self.replica else ""
 
+    def wait_refused(self, namespace: str, count: int) -> None:
+        """Until the log has said `count` times that the namespace's file was refused."""
+        said = re.compile(rf"namespace file \S*/{namespace}\.yaml refused")
+        wait_for(
+            lambda: len(said.findall(self.log())) >= count,
+            f"{namespace}.yaml refused {count} time(s)",
+        )
+
 
 @pytest.fixture
 def mesh(tmp_path: Path, transport: str) -> Iterator[Mesh]:
@@ -166,15 +174,18 @@ def test_identical_labels_two_namespaces_never_crossed(mesh: Mesh) -> None:
 
     # team-b's file broken (an empty file, then bad YAML, then another namespace's
     # selector): refused, team-b keeps its last good plugins, team-a is untouched.
-    for broken in (
-        "",
-        "plugins: [",
-        ANSWER.format(status=500, namespace="team-b").replace(
-            "selector: {", "selector: {namespace: team-a, "
+    for refusals, broken in enumerate(
+        (
+            "",
+            "plugins: [",
+            ANSWER.format(status=500, namespace="team-b").replace(
+                "selector: {", "selector: {namespace: team-a, "
+            ),
         ),
+        start=1,
     ):
         mesh.write("team-b", broken)
-        time.sleep(1.0)  # several polls
+        mesh.wait_refused("team-b", refusals)  # read and judged: not merely not seen yet
         for _ in range(5):
             assert mesh.status("team-b") == 555
             assert mesh.status("team-a") == 418

@@ -8,7 +8,8 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,29 +36,49 @@ tls: {{certFile: {cert}, keyFile: {key}, clientCaFile: {ca}}}
 plugins:
   - {{name: tag, type: headers, config: {{request: {{set: {{x-replica: '{port}'}}}}}}}}
 """
-#: Client threads, and how long each load phase lasts (bounded either way).
+#: Client threads; answers before the fault (both replicas among them) and after it.
 CLIENTS = 4
-PHASE_SECONDS = 4.0
+BEFORE = 100
+AFTER = 100
+#: Seconds any phase may take (a bound, not a pace: the phases end on counts).
+LIMIT = 60.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    start: float  # time.monotonic() when the request was sent
+    status: int  # 0: no HTTP answer
+    replica: str  # the x-replica the serving replica's plugin set ("" if none)
 
 
 class Load:
-    """CLIENTS keep-alive clients sending requests in a loop until stopped (or PHASE cap)."""
+    """CLIENTS keep-alive clients sending requests in a loop until stopped (or LIMIT);
+    every answer is kept with the replica that served it (the echo upstream shows the
+    x-replica header each replica's plugin sets)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.statuses: Counter[int] = Counter()
-        self.by_replica: Counter[str] = Counter()
+        self.answers: list[Answer] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(CLIENTS)]
         self._lock = threading.Lock()
 
     def _run(self) -> None:
-        give_up = time.monotonic() + 60
+        give_up = time.monotonic() + LIMIT
         with httpx.Client(base_url=self.url, timeout=10) as client:
             while not self._stop.is_set() and time.monotonic() < give_up:
-                reply = client.get("/")
+                start = time.monotonic()
+                try:
+                    reply = client.get("/")
+                except httpx.HTTPError:
+                    answer = Answer(start, 0, "")
+                else:
+                    replica = (
+                        reply.json()["headers"].get("x-replica", "") if reply.is_success else ""
+                    )
+                    answer = Answer(start, reply.status_code, replica)
                 with self._lock:
-                    self.statuses[reply.status_code] += 1
+                    self.answers.append(answer)
 
     def __enter__(self) -> Load:
         for thread in self._threads:
@@ -68,6 +89,21 @@ class Load:
         self._stop.set()
         for thread in self._threads:
             thread.join(30)
+
+    def since(self, start: float) -> list[Answer]:
+        with self._lock:
+            return [a for a in self.answers if a.start >= start]
+
+    def by_replica(self, since: float = 0.0) -> Counter[str]:
+        """Answers 200 by replica, of the requests sent from `since`."""
+        return Counter(a.replica for a in self.since(since) if a.status == 200)
+
+    def wait_for(self, check: Callable[[], bool], what: str) -> None:
+        wait_for(check, what, LIMIT)
+
+    @property
+    def statuses(self) -> Counter[int]:
+        return Counter(a.status for a in self.since(0.0))
 
     @property
     def failed(self) -> int:
@@ -132,16 +168,26 @@ def cluster(tmp_path: Path, upstream: Upstreams, transport: str) -> Iterator[Clu
         made.stop()
 
 
+def both_replicas_serve(cluster: Cluster, load: Load) -> None:
+    """Wait until BEFORE answers came back, from both replicas: the fault hits one that
+    carries traffic."""
+    ports = {str(r.port) for r in cluster.replicas}
+    load.wait_for(
+        lambda: set(load.by_replica()) == ports and load.by_replica().total() >= BEFORE,
+        f"{BEFORE} answers from both replicas {sorted(ports)}",
+    )
+
+
 def test_sigterm_to_one_replica_under_load_loses_nothing(cluster: Cluster) -> None:
     """Drain: NOT_SERVING first, Envoy's health checks move the load, streams finish."""
+    drained, other = cluster.replicas
     with Load(cluster.envoy.url) as load:
-        time.sleep(PHASE_SECONDS / 2)
-        before = sum(load.statuses.values())
-        cluster.replicas[0].signal(signal.SIGTERM)
-        assert cluster.replicas[0].proc.wait(30) == 0
-        time.sleep(PHASE_SECONDS / 2)
-    after_term = sum(load.statuses.values()) - before
-    assert after_term > 50  # the other replica carried on
+        both_replicas_serve(cluster, load)
+        drained.signal(signal.SIGTERM)
+        assert drained.proc.wait(30) == 0
+        exited = time.monotonic()
+        load.wait_for(lambda: len(load.since(exited)) >= AFTER, f"{AFTER} answers after it")
+    assert load.by_replica(since=exited) == {str(other.port): len(load.since(exited))}
     assert load.failed == 0, load.statuses
     assert cluster.healthy() == 1
 
@@ -149,11 +195,16 @@ def test_sigterm_to_one_replica_under_load_loses_nothing(cluster: Cluster) -> No
 def test_kill_9_of_one_replica_costs_only_its_streams(cluster: Cluster) -> None:
     """No drain: the streams in flight on the killed replica fail (at most one per
     client here); outlier detection and health checks send the rest to the other."""
+    killed, other = cluster.replicas
     with Load(cluster.envoy.url) as load:
-        time.sleep(PHASE_SECONDS / 2)
-        cluster.replicas[0].signal(signal.SIGKILL)
-        cluster.replicas[0].proc.wait(10)
-        time.sleep(PHASE_SECONDS / 2)
+        both_replicas_serve(cluster, load)
+        killed.signal(signal.SIGKILL)
+        killed.proc.wait(10)
+        dead = time.monotonic()
+        load.wait_for(
+            lambda: load.by_replica(since=dead)[str(other.port)] >= AFTER,
+            f"{AFTER} answers from the other replica",
+        )
     print(f"kill -9 under load: {dict(load.statuses)}")
     assert load.failed <= CLIENTS, load.statuses
-    assert load.statuses[200] > 100
+    assert set(load.by_replica(since=dead)) == {str(other.port)}

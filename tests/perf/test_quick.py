@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,8 +44,11 @@ def test_quick_run(tmp_path: Path) -> None:
     for name in ("floor", "headers-every-phase", "headers-on-demand", "chain-10-1-match"):
         assert rows[name]["server_cpu_us"] > 0
         assert rows[name]["ratio"] > 0
+    # These streams stay open past the headers, so the probe weighed them: a figure, not
+    # "streams end after the headers". Its value is not judged (a slope clamped at 0, over
+    # the 50 streams of a quick run, moves with where the allocator's steps fall).
     for name in ("floor", "headers-every-phase", "body-65536@nghttp2"):
-        assert rows[name]["rss_per_stream_bytes"] >= 0  # these streams stay open
+        assert_weighed(rows[name])
     # Every main scenario runs on each transport, side by side.
     for name in ("headers-every-phase", "headers-on-demand", "chain-10-1-match"):
         row = rows[f"{name}@nghttp2"]
@@ -52,7 +56,7 @@ def test_quick_run(tmp_path: Path) -> None:
         assert row["transport"] == "nghttp2" and row["server_cpu_us"] > 0
     assert rows["headers-on-demand"]["rss_per_stream"] == "streams end after the headers"
     if rows["nacos-buffered-1k"]["status"] == "ok":  # its stream waits for the answer
-        assert rows["nacos-buffered-1k"]["rss_per_stream_bytes"] >= 0
+        assert_weighed(rows["nacos-buffered-1k"])
     if rows["jwt-authz"]["status"] == "ok":
         assert rows["jwt-authz"]["rss_per_stream"] == "no stream: one unary Check per request"
     # Streams cut by the window's edges make these averages, not exact counts.
@@ -82,6 +86,12 @@ def test_quick_run(tmp_path: Path) -> None:
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [t["target"][:2] for t in result["targets"]][:2] == ["1.", "2."]
     assert any(t["target"].startswith("T1 [nghttp2]") for t in result["targets"])
+
+
+def assert_weighed(row: dict[str, Any]) -> None:
+    """The row has an RSS-per-stream figure: its streams were still open when weighed."""
+    assert "rss_per_stream" not in row, row  # the reason there is no figure
+    assert isinstance(row.get("rss_per_stream_bytes"), int), row
 
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:10000/api/items

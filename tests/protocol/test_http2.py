@@ -32,6 +32,7 @@ import pytest
 from asm_proxy.testing import messages
 from asm_proxy.wire import PROCESS_METHOD, ProcessingResponse, process_stub
 from tests.support.background import ServerThread
+from tests.support.waiting import wait_for
 
 CONFIG = """
 maxConcurrentStreams: 50
@@ -287,7 +288,9 @@ plugins:
 """
 
 
-def test_stop_sends_goaway_and_lets_streams_in_flight_finish(tmp_path: Path) -> None:
+def test_stop_sends_goaway_and_lets_streams_in_flight_finish(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """On stop every connection gets GOAWAY (NO_ERROR); a call in flight is still answered."""
     path = tmp_path / "config.yaml"
     path.write_text(SLOW)
@@ -297,7 +300,8 @@ def test_stop_sends_goaway_and_lets_streams_in_flight_finish(tmp_path: Path) -> 
         with grpc.insecure_channel(server.address) as channel, ThreadPoolExecutor(1) as pool:
             msg = messages.request_headers([(":path", "/slow"), (":method", "GET")], True)
             call = pool.submit(lambda: list(process_stub(channel)(iter([msg]), timeout=10)))
-            time.sleep(0.2)  # the call is in the plugin's sleep
+            # The call is in flight: in the plugin's sleep (which it logs first).
+            wait_for(lambda: "slow request started" in caplog.text, "the call in the plugin", 10)
             stopping = asyncio.run_coroutine_threadsafe(
                 server.server.stop(grace=5), server._bg.loop
             )

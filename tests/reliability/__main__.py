@@ -20,16 +20,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from asm_proxy.durations import parse_duration
 from tests.reliability import drills, stack
+from tests.reliability.record import RESULTS, plain
 from tests.reliability.reload_drill import reload_faults
 from tests.reliability.soak import SoakResult, soak
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BEFORE = drills.ENVOY_BEFORE
 
 
@@ -48,7 +47,7 @@ def _drain(work: Path) -> dict[str, Any]:
     for transport in ("unix", "tcp"):
         for name, setup in (("before", BEFORE), ("after", None)):
             out[f"{transport}, Envoy config {name}"] = drills.drain_one_of_two(
-                work / f"drain-{transport}-{name}", transport=transport, after=5.0, envoy=setup
+                work / f"drain-{transport}-{name}", transport=transport, after=1000, envoy=setup
             )
     return out
 
@@ -67,15 +66,15 @@ def _recycle(work: Path) -> dict[str, Any]:
     hoard = "  - name: hoard\n    type: 'tests.support.plugins:Hoard'\n"
     return {
         "unix, maxStreamsPerWorker 1000": drills.recycling_under_load(
-            work / "unix", transport="unix", seconds=60
+            work / "unix", transport="unix", requests=18_000
         ),
         "tcp, maxStreamsPerWorker 1000": drills.recycling_under_load(
-            work / "tcp", transport="tcp", seconds=60
+            work / "tcp", transport="tcp", requests=18_000
         ),
         "unix, maxWorkerRss 128Mi (a plugin keeping 256 KiB a request)": drills.recycling_under_load(
             work / "rss",
             transport="unix",
-            seconds=30,
+            requests=6_000,
             rate=200,
             trigger="maxWorkerRss: 128Mi",
             plugins=hoard,
@@ -95,7 +94,7 @@ def _memory(work: Path) -> dict[str, Any]:
     runs = drills.memory_per_request(work)
     return {
         f"{r.server}, Envoy config {r.envoy}": {
-            **_plain(r),
+            **plain(r),
             "bytes_per_request": round(r.bytes_per_request, 1),
         }
         for r in runs
@@ -105,7 +104,7 @@ def _memory(work: Path) -> dict[str, Any]:
 def _spread(work: Path) -> dict[str, Any]:
     old = {"asm_proxy_max_streams": 8, "asm_proxy_max_requests_per_connection": None}
     return {
-        name: drills.tcp_spread(work / str(n), seconds=60, envoy=envoy, name=name)
+        name: drills.tcp_spread(work / str(n), requests=12_000, envoy=envoy, name=name)
         for n, (name, envoy) in enumerate(
             (
                 ("max_concurrent_streams 8 (the old advice)", old),
@@ -125,16 +124,6 @@ DRILLS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "memory": _memory,
     "spread": _spread,
 }
-
-
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _soak_line(result: SoakResult) -> str:
@@ -169,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in (n for n in chosen if n in DRILLS):
             print(f"drill {name} ...", flush=True)
             started = time.monotonic()
-            results[name] = _plain(DRILLS[name](work / name))
+            results[name] = plain(DRILLS[name](work / name))
             print(json.dumps(results[name], indent=1), flush=True)
             print(f"drill {name}: {time.monotonic() - started:.0f}s", flush=True)
         seconds = parse_duration(args.soak) if "soak" in chosen else 0.0
@@ -182,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 report=lambda r: print(_soak_line(r), flush=True),
             )
             results["soak"] = {
-                **_plain(result),
+                **plain(result),
                 "growth_percent": result.growth(),
                 "bytes_per_request": result.bytes_per_request(),
             }

@@ -3,20 +3,24 @@ tests.reliability` runs long: what was done, what it cost, measured from outside
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asm_proxy.config import ServerSettings
 from asm_proxy.envoy_bootstrap import ExtProc
 from asm_proxy.unix_sockets import in_use
 from tests.reliability import procs
 from tests.reliability.load import Load
-from tests.reliability.stack import Front, Serve
+from tests.reliability.stack import Front, Serve, wait_for
 
 #: The Envoy config as it was before this suite's issue: no health checks, no outlier
 #: detection, no retries, one connection for ever, streams reset at their end.
@@ -192,13 +196,23 @@ def worker_kills(
 
 # -- one of two instances drained under load -------------------------------------------
 
+#: How long `serve` may take to drain after SIGTERM, as documented (docs/ARCHITECTURE.md,
+#: DEPLOYMENT.md): drainDelay, then drainTimeout for the streams in flight (the drills'
+#: config keeps both defaults).
+DRAIN_DEADLINE = ServerSettings().drain_delay + ServerSettings().drain_timeout
+
 
 @dataclass
 class DrainResult:
     transport: str
-    after_sigterm: int  # requests started from the SIGTERM until the instance had exited
-    failed: int
-    drain_seconds: float  # SIGTERM -> the drained instance's supervisor exited
+    streams_before: dict[str, int]  # streams Envoy had sent each instance before the SIGTERM
+    after_sigterm: int  # requests started from the SIGTERM to the end of the load
+    during_drain: int  # ...of those, started before the instance had exited
+    after_exit: int  # ...and after it (all on the other instance)
+    failed: int  # of after_sigterm
+    failed_before: int  # requests started before the SIGTERM that failed
+    exit_code: int | None  # the drained instance's (None: still running at DRAIN_DEADLINE)
+    drain_seconds: float  # SIGTERM -> the drained instance's supervisor exited (a figure)
     load: str = ""
 
 
@@ -209,34 +223,56 @@ def drain_one_of_two(
     rate: float = 200,
     connections: int = 8,
     workers: int = 2,
-    after: float = 2.0,
+    after: int = 400,
     envoy: Mapping[str, Any] | None = None,
 ) -> DrainResult:
     """Two `asm-proxy serve` instances behind one Envoy; SIGTERM one under load (default
-    drainDelay 1 s) and count the requests that failed until it has exited and `after`
-    seconds more (without health checks Envoy keeps sending to the endpoints that are gone)."""
+    drainDelay 1 s) and count the requests that failed from then until `after` requests
+    started after it exited (without health checks Envoy keeps sending to the endpoints
+    that are gone). The load is bounded by those counts, and by DRAIN_DEADLINE."""
     instances = []
     for name in ("a", "b"):
         listen = f"unix:{workdir}/{name}.sock" if transport == "unix" else "127.0.0.1:0"
         instances.append(Serve(workdir / name, PASS_THROUGH, listen=listen, workers=workers))
     a, b = instances
     front = Front(workdir, a.addresses + b.addresses, envoy)
-    load = Load(front.url, rate=rate, connections=connections, seconds=60).start()
+    load = Load(front.url, rate=rate, connections=connections, seconds=DRAIN_DEADLINE + 60)
+    load.start()
+    exit_code: int | None = None
     try:
-        load.wait_for(int(rate))
+        load.wait_for(int(rate))  # a second of load before the fault
+        by_endpoint = front.streams_by_endpoint()
+        before = {
+            name: sum(by_endpoint.get(address, 0) for address in serve.addresses)
+            for name, serve in (("a", a), ("b", b))
+        }
         start = time.monotonic()
         a.signal(signal.SIGTERM)
-        a.proc.wait(40)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            exit_code = a.proc.wait(DRAIN_DEADLINE)
         end = time.monotonic()
-        time.sleep(after)
+        if exit_code is not None:
+            # Requests in flight at the exit finish first (at most one per connection).
+            load.wait_for(load.done + connections + after, timeout=after / rate * 4 + 30)
     finally:
         outcome = load.stop()
         front.close()
         for serve in instances:
             serve.close()
-    window = outcome.between(start, end + after)
+    window = outcome.between(start, float("inf"))
     failed = [o for o in window if o.status not in outcome.ok_statuses]
-    return DrainResult(transport, len(window), len(failed), end - start, outcome.summary())
+    return DrainResult(
+        transport,
+        before,
+        len(window),
+        len(outcome.between(start, end)),
+        len(outcome.between(end, float("inf"))),
+        len(failed),
+        len(outcome.failed) - len(failed),
+        exit_code,
+        end - start,
+        outcome.summary(),
+    )
 
 
 # -- workers recycled under load -------------------------------------------------------
@@ -246,7 +282,7 @@ def drain_one_of_two(
 class RecycleResult:
     transport: str
     trigger: str
-    recycles: int
+    recycles: int  # during the load (the supervisor's log when the load had run out)
     requests: int
     failed: int
     load: str = ""
@@ -257,15 +293,15 @@ def recycling_under_load(
     workdir: Path,
     *,
     transport: str,
-    seconds: float,
+    requests: int,
     rate: float = 300,
     trigger: str = "maxStreamsPerWorker: 1000",
     plugins: str = "",
     envoy: Mapping[str, Any] | None = None,
 ) -> RecycleResult:
-    """Two workers behind Envoy at `rate` requests/s with a recycling limit (`trigger`, a
-    config line) low enough to be reached every few seconds; count the recycles (the
-    supervisor's log) and the failed requests."""
+    """Two workers behind Envoy, `requests` requests at `rate` a second with a recycling
+    limit (`trigger`, a config line) low enough to be reached several times; count the
+    recycles (the supervisor's log) and the failed requests."""
     listen = f"unix:{workdir}/recycle.sock" if transport == "unix" else "127.0.0.1:0"
     config = PASS_THROUGH.replace("reloadInterval: 0s\n", f"reloadInterval: 0s\n{trigger}\n")
     serve = Serve(workdir, config + plugins, listen=listen, workers=2)
@@ -273,12 +309,11 @@ def recycling_under_load(
     try:
         front = Front(workdir, serve.addresses, {**(envoy or {}), "access_log": str(access_log)})
         try:
-            outcome = Load(front.url, rate=rate, connections=8, seconds=seconds).start().finish()
-            time.sleep(0.2)  # Envoy writes its access log every 50 ms
-            failures = envoy_failures(access_log)
+            outcome = Load.counted(front.url, requests, rate=rate).start().finish()
+            recycles = serve.count("recycled: pid")
+            failures = envoy_failures(access_log, outcome.total) if outcome.failed else []
         finally:
             front.close()
-        recycles = serve.count("recycled: pid")
     finally:
         serve.close()
     return RecycleResult(
@@ -292,16 +327,18 @@ def recycling_under_load(
     )
 
 
-def envoy_failures(access_log: Path) -> list[str]:
-    """Code and response details of every non-200 line of Envoy's access log."""
-    import json
+def envoy_failures(access_log: Path, lines: int) -> list[str]:
+    """Code and response details of every non-200 line of Envoy's access log, once it has
+    `lines` lines (Envoy writes it every 50 ms; a request that never reached Envoy has
+    none, so after 10 s whatever lines there are)."""
 
-    out = []
-    for line in access_log.read_text().splitlines() if access_log.exists() else []:
-        entry = json.loads(line)
-        if entry.get("code") != 200:
-            out.append(f"{entry.get('code')} {entry.get('details')}")
-    return out
+    def entries() -> list[dict[str, Any]]:
+        text = access_log.read_text() if access_log.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    with contextlib.suppress(AssertionError):  # diagnostics: what there is will do
+        wait_for(lambda: len(entries()) >= lines, f"{lines} lines in Envoy's access log", 10)
+    return [f"{e.get('code')} {e.get('details')}" for e in entries() if e.get("code") != 200]
 
 
 # -- bad clients ---------------------------------------------------------------------------
@@ -483,21 +520,24 @@ def memory_per_request(
 @dataclass
 class SpreadResult:
     envoy: str
-    per_window: list[list[int]]  # streams each worker started, per window
+    requests: int  # the load's, all answered...
+    failed: int  # ...but these
+    per_window: list[list[int]]  # streams each worker started, per window (the last: the rest)
     total: list[int]
 
 
 def tcp_spread(
     workdir: Path,
     *,
-    seconds: float,
+    requests: int,
     window: float = 10.0,
     rate: float = 200,
     envoy: Mapping[str, Any] | None = None,
     name: str = "",
 ) -> SpreadResult:
-    """Two TCP workers behind Envoy at `rate` requests/s over 8 connections: how many
-    streams each worker started, per `window` seconds (the workers' own counts)."""
+    """Two TCP workers behind Envoy, `requests` requests at `rate` a second over 8
+    connections: how many streams each worker started, per `window` seconds (the workers'
+    own counts)."""
     from tests.support.workers import SupervisorThread
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -509,15 +549,25 @@ def tcp_spread(
         front = Front(workdir, supervisor.addresses[:1], envoy)
         try:
             before = supervisor.streams_by_worker()
-            load = Load(front.url, rate=rate, connections=8, seconds=seconds).start()
-            for _ in range(int(seconds // window)):
-                time.sleep(window)
+            load = Load.counted(front.url, requests, rate=rate).start()
+            while True:
+                ran_out = load.join(window)
                 now = supervisor.streams_by_worker()
-                windows.append([now[i] - before.get(i, 0) for i in sorted(now)])
+                streams = [now[i] - before.get(i, 0) for i in sorted(now)]
+                if any(streams) or not windows:
+                    windows.append(streams)
                 before = now
-            load.finish()
+                if ran_out:
+                    break
+            outcome = load.stop()
         finally:
             front.close()
     finally:
         supervisor.stop()
-    return SpreadResult(name, windows, [sum(w[i] for w in windows) for i in range(2)])
+    return SpreadResult(
+        name,
+        outcome.total,
+        len(outcome.failed),
+        windows,
+        [sum(w[i] for w in windows) for i in range(2)],
+    )

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 #: One request may take this long before it counts as failed (status 0).
 REQUEST_TIMEOUT = 5.0
@@ -99,6 +100,16 @@ class Load:
         self._elapsed = 0.0
         self._thread = threading.Thread(target=self._run, name="load", daemon=True)
 
+    @classmethod
+    def counted(
+        cls, url: str, requests: int, *, rate: float, connections: int = 8, **kw: Any
+    ) -> Load:
+        """Exactly `requests` requests at `rate` a second: bounded by that count, and in
+        time only far above what it needs (four times, plus 30 s), so a slow machine takes
+        longer rather than sends fewer."""
+        seconds = requests / rate * 4 + 30
+        return cls(url, rate=rate, connections=connections, seconds=seconds, limit=requests, **kw)
+
     def start(self) -> Load:
         self._thread.start()
         return self
@@ -120,6 +131,11 @@ class Load:
             if time.monotonic() > give_up or not self._thread.is_alive():
                 raise AssertionError(f"load: {self.done} of {count} requests after {timeout}s")
             time.sleep(0.01)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the load to run out; True once it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def finish(self) -> LoadResult:
         """Let the load run out its `seconds` (or `limit`), then the result."""

@@ -179,6 +179,17 @@ class Front:
                 out[parts[1]] = parts[3] == "healthy"
         return out
 
+    def streams_by_endpoint(self) -> dict[str, int]:
+        """Streams Envoy has sent each endpoint of the asm_proxy cluster (its rq_total), by
+        address as asm-proxy names it (`HOST:PORT`, `unix:PATH`)."""
+        out: dict[str, int] = {}
+        for line in self.envoy.get("/clusters").splitlines():
+            parts = line.split("::")
+            if len(parts) >= 4 and parts[0] == "asm_proxy" and parts[2] == "rq_total":
+                where = parts[1] if parts[1][:1].isdigit() else f"unix:{parts[1]}"
+                out[where] = int(parts[3])
+        return out
+
     def close(self) -> None:
         self.envoy.stop()
         self.upstream.stop()

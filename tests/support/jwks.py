@@ -96,8 +96,12 @@ class JwksServer:
         self.document = document
         self.status = 200
         self.delay = 0.0  # seconds each answer is held back (a slow issuer)
-        self.fetches = 0
+        self.fetches = 0  # requests received...
+        self.answers = 0  # ...and answered
         self._lock = threading.Lock()
+        self._released = threading.Event()  # cleared while answers are held (hold())
+        self._released.set()
+        self._hold_limit = 0.0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -107,13 +111,17 @@ class JwksServer:
                     body = json.dumps(server.document).encode()
                     status = server.status
                     delay = server.delay
+                    released, limit = server._released, server._hold_limit
                 if delay:
                     time.sleep(delay)
+                released.wait(limit)
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+                with server._lock:
+                    server.answers += 1
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -134,7 +142,19 @@ class JwksServer:
             self.document = document
             self.status = status
 
+    def hold(self, limit: float) -> None:
+        """A slow issuer: answers wait until `release()`, or `limit` seconds at most."""
+        with self._lock:
+            self._released = threading.Event()
+            self._hold_limit = limit
+
+    def release(self) -> None:
+        """Send the held answers, and answer at once from now on."""
+        with self._lock:
+            self._released.set()
+
     def stop(self) -> None:
+        self.release()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)

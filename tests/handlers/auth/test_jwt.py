@@ -21,6 +21,7 @@ from tests.handlers.auth.helpers import (
     provider,
 )
 from tests.support.jwks import ISSUER, JwksServer, claims, ec_key, ed_key, jwks, rsa_key
+from tests.support.waiting import wait_for
 
 
 def test_valid_token_is_accepted_and_forwarded_as_claims(idp: JwksServer, hosts: Hosts) -> None:
@@ -275,25 +276,34 @@ def test_claim_with_newline_is_not_forwarded(idp: JwksServer, hosts: Hosts) -> N
 
 def test_slow_refetch_refuses_one_request_not_the_next(hosts: Hosts) -> None:
     """A new kid while the issuer is slow: the request waits only keyFetchWait and is
-    refused (401, not a time-out); the fetch goes on, and the next request passes."""
+    refused (401, not a time-out) while the issuer has not answered yet; the fetch goes
+    on, and once it is answered the next request passes."""
     server = JwksServer(jwks(rsa_key("k1")))
     try:
-        host = hosts({"jwt": {"providers": [provider(server.url, keyFetchWait="50ms")]}})
+        # The fetch may take far longer than keyFetchWait (fetchTimeout 30 s): only
+        # keyFetchWait can end the request's wait while the issuer holds its answer.
+        wait = provider(server.url, keyFetchWait="50ms", fetchTimeout="30s")
+        host = hosts({"jwt": {"providers": [wait]}})
         host.request_headers({})  # started with k1
         server.serve(jwks(rsa_key("k1"), rsa_key("k2")))
-        server.delay = 0.3
+        # Held until released below (5 s at most: a plugin that waited for the fetch
+        # would then get k2 and let the request in, and the test would fail).
+        server.hold(limit=5)
+        answered = server.answers
         token = rsa_key("k2").sign(claims())
         host.new_exchange()
-        began = time.monotonic()
         reply = denied(host.request_headers(bearer(token)))
-        assert time.monotonic() - began < 0.25
         assert reply.details == "auth_unauthorized{jwt_unknown_kid}"
+        assert server.answers == answered  # refused before the issuer answered
+        server.release()
         remote = plugin_of(host).providers["idp"].remote
         assert remote is not None
-        give_up = time.monotonic() + 5
-        while "k2" not in (remote.keys.kids() if remote.keys else []):
-            assert time.monotonic() < give_up
-            host.run(asyncio.sleep(0.02))
+
+        def kids() -> list[str]:
+            host.advance(0.02)  # the fetch runs on the host's loop
+            return remote.keys.kids() if remote.keys else []
+
+        wait_for(lambda: "k2" in kids(), "the slow fetch to bring k2", 10)
         host.new_exchange()
         allowed(host.request_headers(bearer(token)))
     finally:
