@@ -389,31 +389,39 @@ def test_verified_cache_is_bounded_and_can_be_off(
 
 def test_a_new_kid_during_a_fetch_that_read_the_old_set(hosts: Hosts) -> None:
     """A refresh is under way and has already read the old set when the issuer publishes
-    a new key and a token signed with it arrives: the request joins that fetch, finds no
+    a new key and a token signed with it arrives: the lookup joins that fetch, finds no
     key, and fetches once more instead of refusing a valid token."""
     server = JwksServer(jwks(rsa_key("k1")))
     try:
-        # The message deadline (180 ms) bounds the wait: the old set's answer is held back
-        # 80 ms, the second fetch is immediate.
-        host = hosts({"jwt": {"providers": [provider(server.url, keyFetchWait="1s")]}})
+        host = hosts({"jwt": {"providers": [provider(server.url)]}})
         host.request_headers({})  # started with k1
         remote = plugin_of(host).providers["idp"].remote
         assert remote is not None
-        server.delay = 0.08
+        server.hold(10)
         fetches = server.fetches
 
-        async def refresh() -> None:
+        async def start_refresh() -> None:
             remote.refresh()
 
-        host.run(refresh())
+        host.run(start_refresh())
         give_up = time.monotonic() + 5
-        while server.fetches == fetches:  # the issuer has answered with the old set
+        while server.fetches == fetches:  # the issuer has read the old set, and holds it
             assert time.monotonic() < give_up
             host.run(asyncio.sleep(0.01))
         server.serve(jwks(rsa_key("k1"), rsa_key("k2")))
-        server.delay = 0.0
+
+        async def look_up_k2() -> bool:
+            lookup = asyncio.ensure_future(remote.refetch_for_unknown_kid(10, "k2"))
+            for _ in range(3):
+                await asyncio.sleep(0)  # it joins the held fetch
+            assert not lookup.done()
+            server.release()  # the old set arrives
+            return await lookup
+
+        assert host.run(look_up_k2())
+        assert remote.keys is not None and "k2" in remote.keys.kids()
+        assert remote.kid_refetches == 1
         host.new_exchange()
         allowed(host.request_headers(bearer(rsa_key("k2").sign(claims()))))
-        assert remote.kid_refetches == 1
     finally:
         server.stop()
