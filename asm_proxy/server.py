@@ -47,6 +47,18 @@ def _bind(settings: ServerSettings, chain: Chain, registry: Registry) -> None:
         bind_chain(chain, registry)
 
 
+#: Settings a running server read once, when it started to listen (the transport's
+#: limits, the socket, TLS): a reload that changes them is told it must restart.
+AT_START = (
+    "listen",
+    "transport",
+    "tls",
+    "socket_mode",
+    "max_message_bytes",
+    "max_concurrent_streams",
+)
+
+
 class Server:
     """asm-proxy's server; `await start()`, then `await stop()`."""
 
@@ -81,6 +93,8 @@ class Server:
         self.certificates: CertificateFiles | None = None
         self._socket: tuple[Path, int] | None = None  # a Unix socket's path and inode
         self._recording = False
+        #: The settings the server started with: what AT_START ones a reload is held to.
+        self._started = loaded.settings
 
     @property
     def settings(self) -> ServerSettings:
@@ -103,6 +117,7 @@ class Server:
         socket the supervisor made for `listen` (asm_proxy/listeners.py; transports that
         can), there is no path to take: the server accepts on the supervisor's socket."""
         address = listen or self.settings.listen
+        self._started = self.settings
         offload.configure(self.settings.offload_processes, self.settings.offload_threshold)
         transport = create(self.transport_name)
         self.state.on_retired = self._retired
@@ -204,8 +219,11 @@ class Server:
             log.error("config %s refused: a plugin failed to start: %r", self.config_path, exc)
             await loaded.chain.close()
             return False
-        if loaded.settings.listen != self.settings.listen:
-            log.warning("listen changed to %s; it takes effect on restart", loaded.settings.listen)
+        for name in AT_START:
+            value = getattr(loaded.settings, name)
+            if value != getattr(self._started, name):
+                field = ServerSettings.model_fields[name].alias or name
+                log.warning("%s changed to %r; it takes effect on restart", field, value)
         self.state.install(loaded.settings, loaded.chain)
         self._record(loaded.settings.metrics)
         logs.decision_log = loaded.settings.decision_log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -215,3 +216,28 @@ def test_bad_reload_in_process_keeps_chain(stack: StackFactory) -> None:
     assert s.server.reload() is False
     assert s.server.server.chain is before
     assert s.get("/").json()["headers"]["x-version"] == "v1"
+
+
+def test_a_reload_says_which_settings_wait_for_a_restart(
+    stack: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The transport's limits and the socket are read when the server starts to listen:
+    a reload that changes them is applied for the rest and warns, naming each field as
+    the file spells it; one that does not change them says nothing of it."""
+    caplog.set_level(logging.WARNING, logger="asm_proxy.server")
+    s = stack(versioned("v1", interval="0s"))
+    path = s.server.config_path
+    path.write_text(
+        "maxMessageBytes: 1048576\nmaxConcurrentStreams: 10\n" + versioned("v2", interval="0s")
+    )
+    assert s.server.reload() is True
+    assert s.get("/").json()["headers"]["x-version"] == "v2"
+    warned = [r.getMessage() for r in caplog.records if "takes effect on restart" in r.getMessage()]
+    assert warned == [
+        "maxMessageBytes changed to 1048576; it takes effect on restart",
+        "maxConcurrentStreams changed to 10; it takes effect on restart",
+    ]
+    caplog.clear()
+    path.write_text(versioned("v3", interval="0s"))  # back to what it started with
+    assert s.server.reload() is True
+    assert not [r for r in caplog.records if "takes effect on restart" in r.getMessage()]
