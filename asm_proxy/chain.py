@@ -22,7 +22,7 @@ from asm_proxy.config import Selector
 from asm_proxy.events import REQUEST_TRAILERS, RESPONSE_TRAILERS, Event, Side
 from asm_proxy.exchange import Exchange, Http
 from asm_proxy.matching import PathMatch, RequestPredicate, WorkloadPredicate
-from asm_proxy.observe import Outcome
+from asm_proxy.observe import OK, RESPOND, Outcome
 from asm_proxy.plugin import BodyAccess, FailStrategy, Phase, Plugin, Respond
 from asm_proxy.stats import counters
 
@@ -440,7 +440,7 @@ async def run_hooks(
             )
         meter = entry.meter
         if meter is not None or tokens:
-            ended = failure or (Outcome.OK if result is None else Outcome.RESPOND)
+            ended = failure or (OK if result is None else RESPOND)
             took = loop.time() - start
             if meter is not None:
                 meter.record(hook.event, ended, took)

@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from asm_proxy import authz, faults, observe
 from asm_proxy.caller import NOBODY, Caller
 from asm_proxy.health import Health
-from asm_proxy.observe import EXT_PROC, StreamEnd
+from asm_proxy.observe import CANCELLED, COMPLETE, EXT_PROC, StreamEnd
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
 from asm_proxy.status import OK, Code, Status
@@ -102,7 +102,7 @@ class Services:
         counters.streams_started += 1
         watching = observe.stream_started(EXT_PROC) if observe.stream_observers else None
         stream: Stream | None = None
-        end = StreamEnd.CANCELLED
+        end = CANCELLED
         try:
             settings = state.settings
             peer = proven_peer(call.caller(), settings) if settings.proves_peers else None
@@ -111,11 +111,11 @@ class Services:
             while True:
                 # Envoy resets a stream it needs no more instead of closing it: reset while
                 # waiting here, the exchange is complete (nothing was left unanswered).
-                end = StreamEnd.COMPLETE
+                end = COMPLETE
                 data = await read()
                 if data is None:
                     return OK
-                end = StreamEnd.CANCELLED
+                end = CANCELLED
                 try:
                     msg = parse(data)
                 except DecodeError as exc:
@@ -138,7 +138,7 @@ class Services:
             # The client reset the stream while a message was being answered (a transport
             # that does not cancel the task; grpc.aio cancels it: CancelledError).
             counters.streams_cancelled += 1
-            end = StreamEnd.CANCELLED
+            end = CANCELLED
             return RESET
         except ProtocolError as exc:
             counters.streams_aborted += 1

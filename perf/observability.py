@@ -13,8 +13,9 @@ in every variant, so the variants differ only in what asm-proxy records:
 
 on one transport (`--transport`: nghttp2, the server's default, or grpcio).
 
-The variants run interleaved, round after round (the machine is shared: one round's noise
-hits every variant alike), and the median of the rounds is kept. Spans go to an OTLP sink
+The variants run interleaved, round after round, each round starting with the next one
+(the machine is shared: one round's noise hits every variant alike), and the median of
+the rounds is kept, with the median of each round's own differences. Spans go to an OTLP sink
 in this process (perf/otlp_sink.py). Results in perf/results/observability.json; the
 instruction counts of the same variants, noise-free, come from
 `python -m perf.instructions --observability`.
@@ -111,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             upstream = start_upstream(Path(tmp))
             try:
                 for round_ in range(args.rounds):
-                    for scenario in scenarios:
+                    # Each round starts with another variant, so none always follows the
+                    # heaviest (the sampled one's exports) or goes first.
+                    shift = round_ % len(scenarios)
+                    for scenario in scenarios[shift:] + scenarios[:shift]:
                         row = measure(scenario, options, upstream.port, Path(tmp) / f"r{round_}")
                         runs.setdefault(scenario.name, []).append(row)
                         print(

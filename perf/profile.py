@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("scenario", nargs="?", default="headers-every-phase")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
+    parser.add_argument("--transport", choices=["nghttp2", "grpcio"], default="nghttp2")
     parser.add_argument("--out", type=Path, help="default: perf/results/profile-SCENARIO.txt")
     args = parser.parse_args()
     out: Path = args.out or Path(__file__).parent / "results" / f"profile-{args.scenario}.txt"
@@ -58,7 +59,7 @@ def main() -> int:
         upstream = start_upstream(work)
         config = work / "asm-proxy.yaml"
         config.write_text(scenario.config)
-        server = AsmProxyServer(config, f"unix:{work}/asm.sock", 1)
+        server = AsmProxyServer(config, f"unix:{work}/asm.sock", 1, args.transport)
         envoy = EnvoyProcess(
             proxy_config(upstream.port, server.endpoints, scenario.ext_proc, scenario.ext_authz),
             work,
