@@ -279,7 +279,9 @@ async def judge(
     settings = state.settings
     chain.acquire()
     counters.authz_checks += 1
-    # The stream seam (metrics): told here, where every transport's check passes.
+    # The stream seams (metrics, observers): told here, where every transport's check passes.
+    meter = observe.stream_meter
+    started = meter.started(EXT_AUTHZ) if meter is not None else 0.0
     watching = observe.stream_started(EXT_AUTHZ) if observe.stream_observers else None
     x: Exchange | None = None
     end = StreamEnd.CANCELLED  # unless it gets further
@@ -323,6 +325,8 @@ async def judge(
         raise
     finally:
         chain.release()
+        if meter is not None:
+            meter.ended(EXT_AUTHZ, x, end, started)
         if watching is not None:
             observe.stream_ended(watching, EXT_AUTHZ, x, end)
         if x is not None and x.trace is not None:

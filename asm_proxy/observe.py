@@ -1,6 +1,8 @@
 """The observer seams: tracing and the stream metrics attach here, not in the hook loop or
 the transports. (Hook metrics, on by default, are recorded by the hook loop itself into
-each entry's cells, `Entry.meter`: an observer call per hook cost too much.)
+each entry's cells, `Entry.meter`: an observer call per hook cost too much. The stream
+metrics, on by default too, are `stream_meter`: two direct calls per stream, not the
+observer loop, which cost twice as much.)
 
 A hook observer is told before each hook runs and after it ends (with its outcome and how
 long it took), like pluggy's hook-call monitoring; a `before` that returns None gets no
@@ -126,6 +128,21 @@ class StreamObserver(Protocol):
         seconds: float,
     ) -> None: ...
 
+
+class StreamMeter(Protocol):
+    """The built-in stream metrics (asm_proxy.metrics.serving): `started` returns what
+    `ended` is given back (the start time)."""
+
+    def started(self, service: str) -> float: ...
+
+    def ended(
+        self, service: str, exchange: Exchange | None, end: StreamEnd, started: float
+    ) -> None: ...
+
+
+#: The stream metrics while the server records them (`metrics: true`, the default), else
+#: None: services.py and authz.judge call it directly around every stream and check.
+stream_meter: StreamMeter | None = None
 
 #: The registered stream observers; services.py and authz.judge test it before calling in.
 stream_observers: list[StreamObserver] = []

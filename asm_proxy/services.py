@@ -13,11 +13,12 @@ plugins, chains or Envoy's messages. `Services` holds the rest:
 - `health`: grpc.health.v1 (`health.Health`).
 
 Observability lives on this side of the seam, so every transport reports alike: `process`
-tells the stream observers (asm_proxy.observe: metrics, traces) when an ext_proc stream
-starts and how it ended (`StreamEnd`), and `authz.judge` does for each check, over gRPC or
-HTTP/1.1; the exchange is bound to the serving task for the logs' request and trace ids
-(`logs.bind_exchange`, in stream.py and `authz.judge`). A transport only has to run each
-call in its own task and say how the client ended it (`read`: None, or `StreamReset`).
+tells the stream metrics and observers (asm_proxy.observe) when an ext_proc stream starts
+and how it ended (`StreamEnd`), its exchange is offered to the tracer (stream.py), and
+`authz.judge` does both for each check, over gRPC or HTTP/1.1; the exchange is bound to
+the serving task for the logs' request and trace ids (`logs.bind_exchange`, in stream.py
+and `authz.judge`). A transport only has to run each call in its own task and say how the
+client ended it (`read`: None, or `StreamReset`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class Services:
         chain = state.chain
         chain.acquire()
         counters.streams_started += 1
+        meter = observe.stream_meter
+        started = meter.started(EXT_PROC) if meter is not None else 0.0
         watching = observe.stream_started(EXT_PROC) if observe.stream_observers else None
         stream: Stream | None = None
         end = CANCELLED
@@ -153,6 +156,8 @@ class Services:
             counters.streams_finished += 1
             chain.release()
             exchange = stream.exchange if stream is not None else None
+            if meter is not None:
+                meter.ended(EXT_PROC, exchange, end, started)
             if watching is not None:
                 observe.stream_ended(watching, EXT_PROC, exchange, end)
             if exchange is not None and exchange.trace is not None:

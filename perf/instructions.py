@@ -80,7 +80,7 @@ def _observe(chain: Any, observe: str) -> None:
 
 def drive(config: str, body_bytes: int, count: int, observe: str = "off") -> None:
     """Run `count` exchanges through Stream.handle: request headers, and the body if any;
-    with the stream seam called around each, as the servicer calls it."""
+    with the stream metrics and the tracer called around each, as services.py calls them."""
     from asm_proxy import observe as seam
     from asm_proxy.loader import load_text
     from asm_proxy.observe import EXT_PROC, StreamEnd
@@ -97,7 +97,8 @@ def drive(config: str, body_bytes: int, count: int, observe: str = "off") -> Non
     async def main() -> None:
         await loaded.chain.start()
         for _ in range(count):
-            watching = seam.stream_started(EXT_PROC) if seam.stream_observers else None
+            meter = seam.stream_meter
+            started = meter.started(EXT_PROC) if meter is not None else 0.0
             stream = Stream(loaded.chain, loaded.settings)
             reply = await stream.handle(headers, wire)
             reply.SerializeToString()
@@ -105,8 +106,8 @@ def drive(config: str, body_bytes: int, count: int, observe: str = "off") -> Non
                 reply = await stream.handle(body)
                 reply.SerializeToString()
             x = stream.exchange
-            if watching is not None:
-                seam.stream_ended(watching, EXT_PROC, x, StreamEnd.COMPLETE)
+            if meter is not None:
+                meter.ended(EXT_PROC, x, StreamEnd.COMPLETE, started)
             if x is not None and x.trace is not None:
                 seam.trace_ended(x, StreamEnd.COMPLETE)
 

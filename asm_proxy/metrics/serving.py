@@ -15,6 +15,7 @@ ends and services are enums, statuses are HTTP status codes; no path, host or he
 
 from __future__ import annotations
 
+import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -216,22 +217,19 @@ def forget_plugins(keep: Iterable[str], registry: Registry = REGISTRY) -> None:
 
 
 class StreamMetrics:
-    """The stream observer: streams open, how they ended, how long they took."""
+    """observe.stream_meter: streams open, how they ended, how long they took."""
 
     def __init__(self, registry: Registry = REGISTRY) -> None:
         self.families = families(registry)
 
-    def started(self, service: str) -> None:
+    def started(self, service: str) -> float:
         self.families.open_cells[service].value += 1
+        return time.perf_counter()
 
     def ended(
-        self,
-        token: Any,
-        service: str,
-        exchange: Exchange | None,
-        end: StreamEnd,
-        seconds: float,
+        self, service: str, exchange: Exchange | None, end: StreamEnd, started: float
     ) -> None:
+        seconds = time.perf_counter() - started
         fam = self.families
         fam.open_cells[service].value -= 1
         fam.end_cells[service, end].value += 1
@@ -250,13 +248,10 @@ _recorders = 0
 
 def record(on: bool) -> None:
     """Start recording the server's metrics in this process, or stop (counted: with
-    several servers in one process, the last to stop removes the observers)."""
+    several servers in one process, the last to stop removes the stream meter)."""
     global _recorders
     _recorders = max(0, _recorders + (1 if on else -1))
-    if _recorders:
-        observe.add_stream_observer(STREAMS)
-    else:
-        observe.remove_stream_observer(STREAMS)
+    observe.stream_meter = STREAMS if _recorders else None
 
 
 # -- the process counters, as families when a snapshot is taken -----------------------------
