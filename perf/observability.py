@@ -16,7 +16,7 @@ on one transport (`--transport`: nghttp2, the server's default, or grpcio).
 The variants run interleaved, round after round, each round starting with the next one
 (the machine is shared: one round's noise hits every variant alike), and the median of
 the rounds is kept, with the median of each round's own differences. Spans go to an OTLP sink
-in this process (perf/otlp_sink.py). Results in perf/results/observability.json; the
+in this process (perf/otlp_sink.py). Results in perf/results/observability-TRANSPORT.json; the
 instruction counts of the same variants, noise-free, come from
 `python -m perf.instructions --observability`.
 """
@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_taken": round(time.monotonic() - started, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "observability.json").write_text(json.dumps(result, indent=2) + "\n")
+    out = args.out / f"observability-{args.transport}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
         print(
             f"{row['variant']:<18} {row['server_cpu_us']} us/req (runs {row['server_cpu_us_runs']})"
