@@ -39,18 +39,26 @@ class TlsError(ValueError):
     """The certificate files cannot be used (the message names the file and why)."""
 
 
+def load_pair(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """Load a certificate chain and its key into `context`. Python's ssl reads them only
+    from files: they pass through a private temporary directory, the key readable by
+    this user alone. Raises ssl.SSLError or OSError."""
+    with tempfile.TemporaryDirectory(prefix="asm-proxy-tls-") as tmp:
+        cert_path, key_path = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert_path.write_bytes(cert)
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(key)
+        context.load_cert_chain(cert_path, key_path)
+
+
 def _check(cert: bytes, key: bytes, ca: bytes | None, names: tuple[str, str, str]) -> None:
     """Load the pair and the CA the way a TLS stack will: a key that does not match its
     certificate, or a file that does not parse, is refused here, not at a handshake."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with tempfile.TemporaryDirectory(prefix="asm-proxy-tls-") as tmp:
-        cert_path, key_path = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        cert_path.write_bytes(cert)
-        key_path.write_bytes(key)
-        try:
-            context.load_cert_chain(cert_path, key_path)
-        except (ssl.SSLError, OSError) as exc:
-            raise TlsError(f"{names[0]} / {names[1]}: {exc}") from None
+    try:
+        load_pair(context, cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsError(f"{names[0]} / {names[1]}: {exc}") from None
     if ca is not None:
         try:
             context.load_verify_locations(cadata=ca.decode("ascii", "replace"))

@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import tempfile
-from pathlib import Path
 
-from asm_proxy.tls import CertificateFiles, Certificates
+from asm_proxy.tls import CertificateFiles, Certificates, load_pair
 
 
 def context_of(certificates: Certificates, require_client_cert: bool) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    with tempfile.TemporaryDirectory(prefix="asm-proxy-tls-") as tmp:
-        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        cert.write_bytes(certificates.cert)
-        key.touch(mode=0o600)
-        key.write_bytes(certificates.key)
-        context.load_cert_chain(cert, key)
+    load_pair(context, certificates.cert, certificates.key)
     if certificates.client_ca is not None:
         context.load_verify_locations(cadata=certificates.client_ca.decode("ascii", "replace"))
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
