@@ -25,7 +25,7 @@
  * Answers: `send_message` (a gRPC message, length prefix added; the response headers go
  * first, once), `finish` (grpc-status and grpc-message as trailers, or as a Trailers-Only
  * response when nothing was sent; then RST_STREAM(NO_ERROR) if the client has not ended
- * its side, as gRPC servers do), `respond` (a plain HTTP response with a body), `reset`.
+ * its side, as gRPC servers do), `respond` (a plain HTTP response with a body).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -507,19 +507,6 @@ done:
     return result;
 }
 
-/* reset(stream_id, h2_error_code) */
-static PyObject *Session_reset(Session *self, PyObject *args) {
-    int32_t id;
-    unsigned int error_code;
-    if (!PyArg_ParseTuple(args, "iI", &id, &error_code)) return NULL;
-    stream *s = nghttp2_session_get_stream_user_data(self->session, id);
-    if (s == NULL) Py_RETURN_FALSE;
-    s->finished = 1;
-    int rv = nghttp2_submit_rst_stream(self->session, NGHTTP2_FLAG_NONE, id, error_code);
-    if (rv != 0) return h2_error(rv);
-    Py_RETURN_TRUE;
-}
-
 /* ---- the connection ------------------------------------------------------------------- */
 
 /* The events so far, and a fresh list for the next ones. */
@@ -622,15 +609,6 @@ static PyObject *Session_goaway(Session *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* open_streams() -> int: streams nghttp2 still holds for this connection (for tests and
- * for `stats`: a stream that is never closed is a leak). */
-static PyObject *Session_open_streams(Session *self, PyObject *unused) {
-    (void)unused;
-    long n = 0;
-    for (stream *s = self->streams; s != NULL; s = s->next) n++;
-    return PyLong_FromLong(n);
-}
-
 static PyObject *Session_want_read(Session *self, PyObject *unused) {
     (void)unused;
     return PyBool_FromLong(nghttp2_session_want_read(self->session));
@@ -726,11 +704,9 @@ static PyMethodDef Session_methods[] = {
     {"send_message", (PyCFunction)Session_send_message, METH_VARARGS, "Queue a gRPC message."},
     {"finish", (PyCFunction)Session_finish, METH_VARARGS, "End a gRPC call with its status."},
     {"respond", (PyCFunction)Session_respond, METH_VARARGS, "A whole plain HTTP response."},
-    {"reset", (PyCFunction)Session_reset, METH_VARARGS, "RST_STREAM."},
     {"ping", (PyCFunction)Session_ping, METH_NOARGS, "Send a PING."},
     {"shutdown_notice", (PyCFunction)Session_shutdown_notice, METH_NOARGS, "First GOAWAY."},
     {"goaway", (PyCFunction)Session_goaway, METH_VARARGS, "Last GOAWAY."},
-    {"open_streams", (PyCFunction)Session_open_streams, METH_NOARGS, "Streams still held."},
     {"want_read", (PyCFunction)Session_want_read, METH_NOARGS, "nghttp2_session_want_read."},
     {"want_write", (PyCFunction)Session_want_write, METH_NOARGS, "nghttp2_session_want_write."},
     {NULL, NULL, 0, NULL},
