@@ -35,9 +35,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from asm_proxy.config import parse_file
 from asm_proxy.demo import registries
 from asm_proxy.envoy_bootstrap import ExtProc, Route, Setup, bootstrap
 from asm_proxy.envoy_process import EnvoyProcess
+from asm_proxy.supervisor import worker_addresses
 from asm_proxy.upstream import EchoUpstream
 
 PROVIDER = "provider.shop.svc.cluster.local"
@@ -300,8 +302,10 @@ async def run_demo(port: int = 10000, check: bool = False) -> int:
         asm = AsmProxy(workdir, config_path)
         await asyncio.to_thread(asm.wait_ready)
         sock = workdir / "asm-proxy.sock"
+        settings = parse_file(config_path).settings
+        assert settings is not None  # the demo's config has them
         setup = Setup(
-            asm_proxy=[f"unix:{sock}.0", f"unix:{sock}.1"],
+            asm_proxy=worker_addresses(settings.listen, settings.workers),
             clusters={
                 "echo": echo.port,
                 "provider": provider.port,
