@@ -403,6 +403,21 @@ class ServerSettings(Model):
         """Whether calls carry a proven caller identity (mTLS or a trusted sidecar's)."""
         return self.tls is not None or self.trust_forwarded_client_cert
 
+    @field_validator("http_authz_prefix")
+    @classmethod
+    def _http_authz_prefix(cls, value: str) -> str:
+        """A path of its own: `/` alone would make every request a check (and `/healthz`
+        unreachable), one without a leading `/` would match none."""
+        path = value.rstrip("/")
+        if not value.startswith("/") or not path or any(c in value for c in "?# \t"):
+            raise ValueError(
+                f"{value!r}: write a path of its own starting with '/' (e.g. /ext_authz), "
+                "the path_prefix of Envoy's http_service"
+            )
+        if path == "/healthz" or path.startswith("/healthz/"):
+            raise ValueError(f"{value!r}: /healthz is the HTTP health check's path")
+        return value
+
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:

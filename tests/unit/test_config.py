@@ -289,3 +289,24 @@ class TestRecyclingSettings:
         (msg,) = problems(path)
         assert msg.startswith(f"{path}:1: field '{line.split(':')[0]}'")
         assert message in msg
+
+
+class TestHttpAuthzPrefix:
+    def test_a_path_of_its_own(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "httpAuthzPrefix: /authz/check/\nplugins: []\n")
+        assert load(path).settings.http_authz_prefix == "/authz/check/"
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            ("/", "a path of its own starting with '/'"),  # every request would be a check
+            ("ext_authz", "a path of its own starting with '/'"),  # would match nothing
+            ("'/a b'", "a path of its own starting with '/'"),
+            ("/healthz", "the HTTP health check's path"),
+        ],
+    )
+    def test_refused(self, tmp_path: Path, value: str, message: str) -> None:
+        path = write(tmp_path, f"httpAuthzPrefix: {value}\nplugins: []\n")
+        (msg,) = problems(path)
+        assert msg.startswith(f"{path}:1: field 'httpAuthzPrefix'"), msg
+        assert message in msg
