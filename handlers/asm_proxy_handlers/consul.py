@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 
 from asm_proxy.api import Http, Plugin
 from asm_proxy_handlers.discovery.hosts import DiscoveryConfig, HostMap, Target
-from asm_proxy_handlers.discovery.outcomes import Outcomes
+from asm_proxy_handlers.discovery.outcomes import Outcomes, unusable
 
 DEFAULT_PATHS = ("/v1/health/service/", "/v1/catalog/service/")
 #: The two answer shapes: /v1/health/service (nested Service, Node) and /v1/catalog/service.
@@ -107,13 +107,9 @@ class ConsulPlugin(Plugin):
         http.state = Query(shape, service, query.get("ns", ""), query.get("dc", ""))
 
     def on_response_headers(self, http: Http) -> None:
-        headers = http.response.headers
-        if http.response.status != 200:
-            self._pass(http, "status", f"status {http.response.status}")
-            return
-        encoding = (headers.get("content-encoding") or "identity").strip().lower()
-        if encoding != "identity":
-            self._pass(http, "encoded", f"content-encoding {encoding}")
+        why = unusable(http.response)
+        if why is not None:
+            self._pass(http, *why)
 
     def target(self, q: Query, entry: dict[str, Any]) -> Target | str:
         node = entry.get("Node") if q.shape == _HEALTH else entry
@@ -192,6 +188,4 @@ class ConsulPlugin(Plugin):
         )
 
     def _pass(self, http: Http, reason: str, detail: str) -> None:
-        http.set_metadata("consul", {"result": reason})
-        http.done()
-        self.outcomes.passed(self.log, reason, detail)
+        self.outcomes.pass_through(http, self.log, reason, detail)

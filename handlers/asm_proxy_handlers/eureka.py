@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 
 from asm_proxy.api import Http, Plugin, media_type
 from asm_proxy_handlers.discovery.hosts import DiscoveryConfig, HostMap, Target
-from asm_proxy_handlers.discovery.outcomes import Outcomes
+from asm_proxy_handlers.discovery.outcomes import Outcomes, unusable
 
 HOST_FIELDS = ("ipAddr", "hostName")
 URL_FIELDS = ("homePageUrl", "statusPageUrl", "healthCheckUrl", "secureHealthCheckUrl")
@@ -314,13 +314,9 @@ class EurekaPlugin(Plugin):
         http.state = Query(request.path_only)
 
     def on_response_headers(self, http: Http) -> None:
-        headers = http.response.headers
-        if http.response.status != 200:
-            self._pass(http, "status", f"status {http.response.status}")
-            return
-        encoding = (headers.get("content-encoding") or "identity").strip().lower()
-        if encoding != "identity":
-            self._pass(http, "encoded", f"content-encoding {encoding}")
+        why = unusable(http.response)
+        if why is not None:
+            self._pass(http, *why)
 
     def on_response_body(self, http: Http) -> None:
         if not isinstance(http.state, Query):
@@ -345,6 +341,4 @@ class EurekaPlugin(Plugin):
         http.set_metadata("eureka", {"instances": result.instances, "result": "rewritten"})
 
     def _pass(self, http: Http, reason: str, detail: str) -> None:
-        http.set_metadata("eureka", {"result": reason})
-        http.done()
-        self.outcomes.passed(self.log, reason, detail)
+        self.outcomes.pass_through(http, self.log, reason, detail)

@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 
 from asm_proxy.api import Http, Plugin, media_type
 from asm_proxy_handlers.discovery.hosts import DiscoveryConfig, HostMap, Target
-from asm_proxy_handlers.discovery.outcomes import Outcomes
+from asm_proxy_handlers.discovery.outcomes import Outcomes, unusable
 
 DEFAULT_PATHS = ("/nacos/v1/ns/instance/list", "/nacos/v2/ns/instance/list")
 DEFAULT_GROUP = "DEFAULT_GROUP"
@@ -195,16 +195,11 @@ class NacosPlugin(Plugin):
     # -- response ------------------------------------------------------------------------
 
     def on_response_headers(self, http: Http) -> None:
-        headers = http.response.headers
-        status = http.response.status
-        if status != 200:
-            self._pass(http, "status", f"status {status}")
+        why = unusable(http.response)
+        if why is not None:
+            self._pass(http, *why)
             return
-        encoding = (headers.get("content-encoding") or "identity").strip().lower()
-        if encoding != "identity":
-            self._pass(http, "encoded", f"content-encoding {encoding}")
-            return
-        media = media_type(headers.get("content-type"))
+        media = media_type(http.response.headers.get("content-type"))
         if media and "json" not in media and media != "text/plain":
             self._pass(http, "not_json", f"content-type {media}")
             return
@@ -242,6 +237,4 @@ class NacosPlugin(Plugin):
 
     def _pass(self, http: Http, reason: str, detail: str) -> None:
         """Leave this answer alone: count it, log it (at most every 10s per reason)."""
-        http.set_metadata("nacos", {"result": reason})
-        http.done()
-        self.outcomes.passed(self.log, reason, detail)
+        self.outcomes.pass_through(http, self.log, reason, detail)

@@ -15,12 +15,24 @@ from __future__ import annotations
 import logging
 import time
 
-from asm_proxy.api import CounterChild, Plugin
+from asm_proxy.api import CounterChild, Http, Plugin, Response
 
 #: Outcomes that are normal traffic, logged at INFO rather than WARNING.
 QUIET = frozenset({"status", "no_instances", "unchanged"})
 #: At most one log line per reason this often (seconds).
 LOG_EVERY = 10.0
+
+
+def unusable(response: Response) -> tuple[str, str] | None:
+    """Why a registry's answer cannot be rewritten, as (outcome, detail): not a 200, or
+    compressed (the plugins read it as sent, and ask for it uncompressed); None if it can."""
+    status = response.status
+    if status != 200:
+        return "status", f"status {status}"
+    encoding = (response.headers.get("content-encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        return "encoded", f"content-encoding {encoding}"
+    return None
 
 
 class Outcomes:
@@ -71,3 +83,10 @@ class Outcomes:
             detail,
             self._by_outcome[reason].value,
         )
+
+    def pass_through(self, http: Http, log: logging.Logger, reason: str, detail: str) -> None:
+        """Leave this answer alone: its result in the exchange's metadata (under the
+        registry's name), nothing more asked of Envoy, counted, and said why."""
+        http.set_metadata(self.registry, {"result": reason})
+        http.done()
+        self.passed(log, reason, detail)
