@@ -138,7 +138,9 @@ class DnsMasq:
         return False
 
     def queries(self, ip: str) -> int:
-        """PTR queries received for `ip` (from dnsmasq's own query log)."""
+        """PTR queries received for `ip` so far (from dnsmasq's own query log, once it has
+        caught up: an earlier test's query logged late would be counted as this one's)."""
+        self.sync()
         marker = f"query[PTR] {reverse_name(ip)} "
         return sum(marker in line for line in list(self.lines))
 
