@@ -54,6 +54,18 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def refused(log: logging.Logger, path: object, exc: ConfigError) -> bool:
+    """A reload refused: counted, each problem logged under `log` (the server's or the
+    supervisor's); False, for the reload to return. The running config stays."""
+    counters.config_reload_failures += 1
+    log.error(
+        "config %s refused; the running chain stays:\n%s",
+        path,
+        "\n".join(f"  {p}" for p in exc.problems),
+    )
+    return False
+
+
 class _Unusable(Exception):
     """The file cannot be read as a config at all (the reason is the message)."""
 

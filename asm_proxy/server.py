@@ -23,7 +23,7 @@ from asm_proxy.health import Health
 from asm_proxy.loader import Loaded, load, load_text
 from asm_proxy.metrics.serving import bind_chain, forget_plugins, record
 from asm_proxy.metrics.store import REGISTRY, Registry
-from asm_proxy.reload import ConfigWatcher
+from asm_proxy.reload import ConfigWatcher, refused
 from asm_proxy.services import Services
 from asm_proxy.state import ServerState
 from asm_proxy.stats import counters
@@ -185,17 +185,8 @@ class Server:
         try:
             text = decode_config(self.config_path, data)
         except ConfigError as exc:
-            return self._refused(exc)
+            return refused(log, self.config_path, exc)
         return await self.reload(text)
-
-    def _refused(self, exc: ConfigError) -> bool:
-        counters.config_reload_failures += 1
-        log.error(
-            "config %s refused; the running chain stays:\n%s",
-            self.config_path,
-            "\n".join(f"  {p}" for p in exc.problems),
-        )
-        return False
 
     async def reload(self, text: str | None = None) -> bool:
         """Load the config file again (or `text`, as if it were the file's content); on any
@@ -205,7 +196,7 @@ class Server:
         try:
             loaded = load(self.config_path) if text is None else load_text(self.config_path, text)
         except ConfigError as exc:
-            return self._refused(exc)
+            return refused(log, self.config_path, exc)
         try:
             _bind(loaded.settings, loaded.chain, self.registry)
         except ValueError as exc:  # a plugin's metric clashes with one already declared

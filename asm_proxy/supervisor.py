@@ -56,7 +56,7 @@ from asm_proxy.config_dump import describe_plugins, dump_config
 from asm_proxy.loader import Loaded, load_text
 from asm_proxy.metrics.exposition import Merged, Totals
 from asm_proxy.namespaces import NamespaceFiles, compose
-from asm_proxy.reload import SETTLE, ConfigWatcher
+from asm_proxy.reload import SETTLE, ConfigWatcher, refused
 from asm_proxy.stats import counters
 from asm_proxy.transport import resolve
 
@@ -624,13 +624,7 @@ class Supervisor:
             try:
                 main, text, loaded = self._read(data)
             except ConfigError as exc:
-                counters.config_reload_failures += 1
-                log.error(
-                    "config %s refused; the running chain stays:\n%s",
-                    self.config_path,
-                    "\n".join(f"  {p}" for p in exc.problems),
-                )
-                return False
+                return refused(log, self.config_path, exc)
             settings = loaded.settings
             names = [e.name for e in loaded.chain.entries]
             if not await self._swap(text):

@@ -44,8 +44,8 @@ def decoded(msg: ProcessingRequest) -> dict[str, str]:
     return trace_headers.trace_headers(d)
 
 
-def request(*pairs: tuple[str, str], **kw: object) -> bytes:
-    return messages.request_headers([*ENVOY, *pairs], **kw).SerializeToString()  # type: ignore[arg-type]
+def request(*pairs: tuple[str, str], attributes: dict[str, str] | None = None) -> bytes:
+    return messages.request_headers([*ENVOY, *pairs], attributes=attributes).SerializeToString()
 
 
 UNSAMPLED = ("traceparent", f"00-{TRACE}-{SPAN}-00")
